@@ -1,0 +1,107 @@
+"""Run the rules in a fixed order and turn the outcome into a Decision.
+
+Pure: the same policy, envelope and bytes always give the same decision. The server calls
+:func:`check_sender` at MAIL FROM, :func:`check_recipient` at each RCPT TO (so that a mail
+client shows the refusal at once) and :func:`decide` once the message is in.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import replace
+
+from mssgate.mime import add_signature, parse_message
+
+from mssgate.model import Action, Decision, Delivery, Envelope, Route, Verdict
+from mssgate.policy import Policy
+from mssgate.rules import Rule
+from mssgate.rules.addresses import check_lookalikes, check_syntax
+from mssgate.rules.forwards import check_forwards
+from mssgate.rules.mixing import check_mixed_recipients
+from mssgate.rules.patients import check_patient_addresses, check_patient_messages
+from mssgate.rules.trust_space import check_trust_space
+from mssgate.texts import render
+from mssgate.transaction import Transaction, build_transaction, in_trust_space
+
+SENDER_RULES: tuple[Rule, ...] = (check_syntax, check_lookalikes)
+ENVELOPE_RULES: tuple[Rule, ...] = (
+    check_syntax,
+    check_lookalikes,
+    check_patient_addresses,
+    check_mixed_recipients,
+    check_trust_space,
+)
+MESSAGE_RULES: tuple[Rule, ...] = (*ENVELOPE_RULES, check_forwards, check_patient_messages)
+
+
+def _first_verdict(rules: tuple[Rule, ...], policy: Policy, tx: Transaction) -> Verdict | None:
+    for rule in rules:
+        verdict = rule(policy, tx)
+        if verdict is not None:
+            return verdict
+    return None
+
+
+def check_sender(policy: Policy, mail_from: str) -> Verdict | None:
+    """The refusal of a MAIL FROM address, or None when it may go on."""
+    tx = build_transaction(policy, Envelope(mail_from=mail_from, rcpt_tos=()))
+    return _first_verdict(SENDER_RULES, policy, tx)
+
+
+def check_recipient(policy: Policy, envelope: Envelope, rcpt: str) -> Verdict | None:
+    """The refusal of one more RCPT TO, given the recipients already accepted."""
+    tx = build_transaction(policy, replace(envelope, rcpt_tos=(*envelope.rcpt_tos, rcpt)))
+    return _first_verdict(ENVELOPE_RULES, policy, tx)
+
+
+def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, str]:
+    """The ordinary-route bytes, with the preferred-address signature where it applies."""
+    settings = policy.document.signature
+    if not settings.enabled:
+        return raw, False, "signature: disabled"
+    profile = policy.profile_for(*(c.address for c in tx.senders))
+    if profile is None:
+        return raw, False, "signature: sender unknown to the policy"
+    values = {"name": profile.name, "place": profile.place, "preferred_bal": profile.preferred_bal}
+    assert tx.message is not None
+    result = add_signature(
+        tx.message,
+        render(settings.text, **values),
+        render(settings.html, **{k: html.escape(v) for k, v in values.items()}),
+        already_present=profile.preferred_bal,
+        marker=(settings.marker_header, "added"),
+        skip_dkim_signed=settings.skip_dkim_signed,
+    )
+    return result.message, result.added, f"signature: {result.reason}"
+
+
+def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+    """Accept (with the deliveries to make), or refuse, one message."""
+    tx = build_transaction(policy, envelope, parse_message(raw))
+    verdict = _first_verdict(MESSAGE_RULES, policy, tx)
+    if verdict is not None:
+        return Decision.refuse(verdict)
+
+    pairs = tuple(zip(tx.recipients, envelope.rcpt_tos, strict=True))
+    inside = tuple(r for c, r in pairs if in_trust_space(policy, c))
+    outside = tuple(r for c, r in pairs if not in_trust_space(policy, c))
+    deliveries: list[Delivery] = []
+    notes: list[str] = []
+    if inside:
+        extra = policy.copies.get(envelope.mail_from.lower(), ())
+        known = {r.lower() for r in inside}
+        copies = tuple(c for c in extra if c not in known)
+        deliveries.append(Delivery(Route.MSSANTE, inside + copies, raw))
+    if outside:
+        signed, added, note = _sign(policy, tx, raw)
+        notes.append(note)
+        deliveries.append(Delivery(Route.ORDINARY, outside, signed, signature_added=added))
+    routes = " + ".join(d.route.value for d in deliveries)
+    return Decision(
+        action=Action.ACCEPT,
+        smtp_code=250,
+        enhanced_code="2.0.0",
+        reply=render(policy.document.messages.accepted, route=routes),
+        deliveries=tuple(deliveries),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,163 @@
+"""The compiled policy: the validated document plus the lookups a decision needs.
+
+:func:`compile_policy` is pure: config.py reads the files (YAML, domain lists) and hands their
+contents here. Checks that need the address classifier (a preferred BAL must be an MSSanté
+address, a redirect must stay in the trust space...) are done here and reported with the field
+path, so that config.py can name the file and the line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mssgate.classify import DomainSets, classify_address, normalize_domain
+
+from mssgate.model import AddressClass, Classification
+from mssgate.schema import PolicyDocument
+
+Location = tuple[str | int, ...]
+
+
+class PolicyError(ValueError):
+    """A policy that must not load, with every problem and where it is."""
+
+    def __init__(self, problems: list[tuple[Location, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{dotted(loc)}: {msg}" for loc, msg in problems))
+
+
+def dotted(loc: Location) -> str:
+    """A field path as IT reads it: ``people.0.practices.1.preferred_bal``."""
+    return ".".join(str(p) for p in loc) or "(racine)"
+
+
+@dataclass(frozen=True, slots=True)
+class SenderProfile:
+    """What the signature of an ordinary sender advertises."""
+
+    name: str
+    place: str
+    preferred_bal: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A policy ready for decisions: the document and its precomputed lookups."""
+
+    document: PolicyDocument
+    domains: DomainSets
+    profiles: Mapping[str, SenderProfile] = field(default_factory=lambda: MappingProxyType({}))
+    """Lower-cased ordinary sender address -> what its signature advertises."""
+    copies: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    """Lower-cased MSSanté sender -> MSSanté addresses that get a copy of what it sends."""
+
+    def classify(self, address: str) -> Classification:
+        """Classify one address with this policy's domain lists."""
+        return classify_address(address, self.domains)
+
+    def profile_for(self, *senders: str) -> SenderProfile | None:
+        """The signature profile of the first sender address the policy knows."""
+        for sender in senders:
+            profile = self.profiles.get(sender.strip().lower())
+            if profile is not None:
+                return profile
+        return None
+
+
+def _domain_set(
+    values: tuple[str, ...], loc: Location, problems: list[tuple[Location, str]]
+) -> frozenset[str]:
+    result = set()
+    for i, value in enumerate(values):
+        domain = normalize_domain(value)
+        if domain is None:
+            problems.append(((*loc, i), f"domaine invalide : {value!r}"))
+        else:
+            result.add(domain)
+    return frozenset(result)
+
+
+def compile_policy(
+    document: PolicyDocument,
+    *,
+    national: frozenset[str] | None = None,
+    allow_list: frozenset[str] = frozenset(),
+) -> Policy:
+    """Check the cross-field rules of a document and build its lookups.
+
+    Raises :class:`PolicyError` listing every problem found, each with its field path.
+    """
+    problems: list[tuple[Location, str]] = []
+    domains = DomainSets(
+        extra_mssante=_domain_set(document.domains.mssante, ("domains", "mssante"), problems)
+        | allow_list,
+        national=national,
+        lookalike_exceptions=_domain_set(
+            document.domains.not_lookalikes, ("domains", "not_lookalikes"), problems
+        ),
+    )
+
+    def expect(address: str, kinds: tuple[AddressClass, ...], loc: Location, what: str) -> str:
+        found = classify_address(address, domains)
+        if found.kind not in kinds:
+            hint = f" (vouliez-vous dire {found.suggestion} ?)" if found.suggestion else ""
+            problems.append((loc, f"{address} : {what}{hint}"))
+        return found.normalized.lower()
+
+    mssante = (AddressClass.MSSANTE,)
+    ordinary = (AddressClass.ORDINARY,)
+    profiles: dict[str, SenderProfile] = {}
+    seen_at: dict[str, Location] = {}
+
+    def add_profile(address: str, loc: Location, profile: SenderProfile) -> None:
+        key = expect(address, ordinary, loc, "une adresse ordinaire (non MSSanté) est attendue")
+        if key in seen_at:
+            problems.append((loc, f"{address} est déjà rattachée à {dotted(seen_at[key])}"))
+            return
+        seen_at[key] = loc
+        profiles[key] = profile
+
+    for i, person in enumerate(document.people):
+        for j, bal in enumerate(person.bals):
+            expect(bal, mssante, ("people", i, "bals", j), "une BAL MSSanté est attendue")
+        for j, practice in enumerate(person.practices):
+            loc: Location = ("people", i, "practices", j)
+            preferred = practice.preferred_bal
+            expect(preferred, mssante, (*loc, "preferred_bal"), "une BAL MSSanté est attendue")
+            profile = SenderProfile(person.name, practice.place, preferred)
+            for k, address in enumerate(practice.addresses):
+                add_profile(address, (*loc, "addresses", k), profile)
+
+    for i, bal in enumerate(document.shared_bals):
+        loc = ("shared_bals", i)
+        expect(bal.address, mssante, (*loc, "address"), "une BAL MSSanté est attendue")
+        profile = SenderProfile(bal.place or bal.address, bal.place or "", bal.address)
+        for k, address in enumerate(bal.addresses):
+            add_profile(address, (*loc, "addresses", k), profile)
+
+    copies: dict[str, list[str]] = {}
+    for i, redirect in enumerate(document.redirects):
+        loc = ("redirects", i)
+        source = expect(
+            redirect.from_, mssante, (*loc, "from"), "la source doit être une BAL MSSanté"
+        )
+        target = expect(
+            redirect.to,
+            mssante,
+            (*loc, "to"),
+            "une redirection ou une copie doit viser une adresse MSSanté "
+            "(une redirection vers un mail « classique » ne fonctionnera pas)",
+        )
+        if redirect.kind == "copy":
+            copies.setdefault(source, []).append(target)
+
+    if problems:
+        raise PolicyError(problems)
+    return Policy(
+        document=document,
+        domains=domains,
+        profiles=MappingProxyType(profiles),
+        copies=MappingProxyType({k: tuple(v) for k, v in copies.items()}),
+    )

@@ -1,0 +1,96 @@
+"""The facts about one transaction that the rules read, computed once.
+
+Every address is classified once here; every rule then reads these values instead of asking
+the classifier or the MIME reader again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mssgate.mime import ParsedMessage, header_addresses
+
+from mssgate.model import AddressClass, Classification, Envelope, InvalidReason
+from mssgate.policy import Policy
+
+LOOKALIKE_REASONS = frozenset(
+    {InvalidReason.LOOKALIKE, InvalidReason.APICRYPT_V1, InvalidReason.UNKNOWN_MSSANTE_DOMAIN}
+)
+INS_REASONS = frozenset({InvalidReason.INS_FORMAT, InvalidReason.INS_KEY})
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One message (or, at RCPT time, one envelope so far) as the rules see it."""
+
+    envelope: Envelope
+    sender: Classification | None
+    """MAIL FROM, or None for the null sender ``<>``."""
+    header_from: tuple[Classification, ...]
+    recipients: tuple[Classification, ...]
+    """Envelope recipients (RCPT TO), in order."""
+    visible: tuple[Classification, ...]
+    """Header To and Cc addresses (what every recipient sees)."""
+    message: ParsedMessage | None
+
+    @property
+    def senders(self) -> tuple[Classification, ...]:
+        """MAIL FROM and header From together."""
+        return ((self.sender,) if self.sender else ()) + self.header_from
+
+    @property
+    def all_recipients(self) -> tuple[Classification, ...]:
+        """Envelope and visible header recipients, each address once."""
+        seen: dict[str, Classification] = {}
+        for c in (*self.recipients, *self.visible):
+            seen.setdefault(c.normalized.lower(), c)
+        return tuple(seen.values())
+
+
+def build_transaction(
+    policy: Policy, envelope: Envelope, message: ParsedMessage | None = None
+) -> Transaction:
+    """Classify the envelope and, when the message is there, its From, To and Cc."""
+    classify = policy.classify
+    sender = classify(envelope.mail_from) if envelope.mail_from else None
+    header_from: tuple[Classification, ...] = ()
+    visible: tuple[Classification, ...] = ()
+    if message is not None:
+        header_from = tuple(classify(a) for a in header_addresses(message, ("from",)))
+        visible = tuple(classify(a) for a in header_addresses(message, ("to", "cc")))
+        # Unparseable header addresses ("undisclosed-recipients:;") are not recipients.
+        header_from = tuple(c for c in header_from if c.reason is not InvalidReason.SYNTAX)
+        visible = tuple(c for c in visible if c.reason is not InvalidReason.SYNTAX)
+    return Transaction(
+        envelope=envelope,
+        sender=sender,
+        header_from=header_from,
+        recipients=tuple(classify(r) for r in envelope.rcpt_tos),
+        visible=visible,
+        message=message,
+    )
+
+
+def effective_kind(policy: Policy, c: Classification) -> AddressClass:
+    """The class a rule acts on, once switched-off rules are taken into account.
+
+    A lookalike whose rule is off is an ordinary address (it is not in the trust space); a
+    patient address with a bad INS key whose rule is off is still a patient address.
+    """
+    if c.kind is not AddressClass.INVALID:
+        return c.kind
+    if c.reason in LOOKALIKE_REASONS and not policy.document.rules.addresses.enabled:
+        return AddressClass.ORDINARY
+    if c.reason in INS_REASONS and not policy.document.rules.patients.enabled:
+        return AddressClass.PATIENT
+    return AddressClass.INVALID
+
+
+def in_trust_space(policy: Policy, c: Classification) -> bool:
+    """True when the address is an MSSanté or patient address for the rules."""
+    return effective_kind(policy, c) in (AddressClass.MSSANTE, AddressClass.PATIENT)
+
+
+def is_ordinary(policy: Policy, c: Classification) -> bool:
+    """True when the address is outside the trust space for the rules."""
+    return effective_kind(policy, c) is AddressClass.ORDINARY
