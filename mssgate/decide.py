@@ -11,7 +11,6 @@ import html
 from dataclasses import replace
 
 from mssgate.mime import add_signature, parse_message
-
 from mssgate.model import Action, Decision, Delivery, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.rules import Rule

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from mssgate.classify import DomainSets, classify_address, normalize_domain
-
 from mssgate.model import AddressClass, Classification
 from mssgate.schema import PolicyDocument
 

@@ -421,6 +421,18 @@ class PolicyDocument(StrictModel):
     messages: MessagesConfig = MessagesConfig()
 
     @model_validator(mode="after")
+    def _timeouts_ordered(self) -> PolicyDocument:
+        # aiosmtpd's idle timer covers DATA and our relay: the upstream must give up first.
+        for name in ("mssante", "ordinary"):
+            upstream = getattr(self.routes, name).upstream
+            if upstream is not None and upstream.timeout >= self.listen.client_timeout:
+                raise ValueError(
+                    f"routes.{name}.upstream.timeout ({upstream.timeout} s) doit être inférieur "
+                    f"à listen.client_timeout ({self.listen.client_timeout} s)"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _references(self) -> PolicyDocument:
         ids = [p.id for p in self.people]
         dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mssgate.mime import ParsedMessage, header_addresses
-
 from mssgate.model import AddressClass, Classification, Envelope, InvalidReason
 from mssgate.policy import Policy
 

@@ -9,7 +9,6 @@ content when it is a redirect (``Resent-*``) or forward of a message from an MSS
 from __future__ import annotations
 
 from mssgate.mime import forward_origins, has_mssante_markers
-
 from mssgate.model import Verdict
 from mssgate.policy import Policy
 from mssgate.texts import list_addresses, render

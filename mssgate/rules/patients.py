@@ -7,7 +7,6 @@ health data to another person, hence the key check before anything leaves.
 from __future__ import annotations
 
 from mssgate.mime import body_is_empty
-
 from mssgate.model import AddressClass, InvalidReason, Verdict
 from mssgate.policy import Policy
 from mssgate.texts import list_addresses, render

@@ -1,0 +1,5 @@
+"""``python -m mssgate``."""
+
+from mssgate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,272 @@
+"""Delivering an accepted message: to an upstream SMTP server (aiosmtplib) or to an outbox.
+
+All third-party errors are mapped here, at one boundary, to :class:`RelayFailure` (an SMTP reply
+for the client): an upstream 4xx stays a 4xx, a 5xx a 5xx with the upstream's text, an
+unreachable or timed-out upstream a 451. A message goes upstream only when the upstream accepted
+*every* recipient: a partial acceptance is rolled back with RSET and reported, so that the
+client's retry never duplicates a message and no refused recipient is ever reported accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import ssl
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from mssgate.model import Delivery, Route
+from mssgate.schema import RouteConfig, TLSMode, UpstreamConfig
+
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOutcome:
+    """The upstream's acceptance of one delivery."""
+
+    route: Route
+    detail: str
+    """The upstream's reply text (queue id...) or the outbox file."""
+
+
+class RelayFailure(Exception):
+    """A delivery that did not happen, as the SMTP reply the client must get."""
+
+    def __init__(self, code: int, enhanced: str, text: str) -> None:
+        super().__init__(f"{code} {enhanced} {text}")
+        self.code = code
+        self.enhanced = enhanced
+        self.text = text
+
+    @property
+    def temporary(self) -> bool:
+        """True for a 4xx: the client keeps the message and retries."""
+        return 400 <= self.code < 500
+
+
+class Relay(Protocol):
+    """Something that delivers one :class:`Delivery` or raises :class:`RelayFailure`."""
+
+    route: Route
+
+    async def deliver(
+        self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
+    ) -> RelayOutcome:
+        """Deliver, and return only once the target has accepted the message."""
+        ...
+
+
+def split_enhanced(text: str, default: str) -> tuple[str, str]:
+    """Separate an upstream's enhanced status code from its text."""
+    match = _ENHANCED.match(text)
+    if match:
+        return match.group(1), text[match.end() :].strip()
+    return default, text.strip()
+
+
+def upstream_failure(route: Route, code: int, message: str, what: str = "") -> RelayFailure:
+    """The client-facing failure for an upstream SMTP error reply."""
+    default = "4.0.0" if 400 <= code < 500 else "5.0.0"
+    if not 400 <= code < 600:
+        # An answer that is neither 4xx nor 5xx where one was expected: fail closed, retry.
+        code, default = 451, "4.4.0"
+    enhanced, text = split_enhanced(message, default)
+    prefix = f"{what} : " if what else ""
+    return RelayFailure(code, enhanced, f"serveur {route.value} : {prefix}{text}")
+
+
+class OutboxRelay:
+    """Writes each delivery as one ``.eml`` file (demo and tests): an upstream that is a folder.
+
+    The file starts with ``Return-Path`` and one ``Delivered-To`` per recipient, as a local
+    delivery agent writes them, followed by the message byte for byte.
+    """
+
+    def __init__(self, route: Route, directory: str | Path) -> None:
+        self.route = route
+        self.directory = Path(directory)
+
+    def _write(self, mail_from: str, delivery: Delivery) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        final = self.directory / f"{stamp}-{uuid.uuid4().hex[:12]}.eml"
+        head = f"Return-Path: <{mail_from}>\r\n" + "".join(
+            f"Delivered-To: {r}\r\n" for r in delivery.recipients
+        )
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(head.encode("utf-8"))
+                handle.write(delivery.message)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return final
+
+    async def deliver(
+        self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
+    ) -> RelayOutcome:
+        """Write the file (in a worker thread); a disk error is a temporary failure."""
+        try:
+            path = await asyncio.to_thread(self._write, mail_from, delivery)
+        except OSError as exc:
+            raise RelayFailure(451, "4.3.0", f"boîte de dépôt {self.route.value} : {exc}") from exc
+        return RelayOutcome(self.route, f"déposé dans {path.name}")
+
+
+def read_credentials(config: UpstreamConfig, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """The upstream login and password, from the environment or a file, never from the YAML."""
+    username = config.username
+    if config.username_env:
+        username = env.get(config.username_env)
+        if not username:
+            raise ValueError(f"variable d'environnement {config.username_env} absente ou vide")
+    password: str | None = None
+    if config.password_env:
+        password = env.get(config.password_env)
+        if not password:
+            raise ValueError(f"variable d'environnement {config.password_env} absente ou vide")
+    elif config.password_file:
+        try:
+            password = Path(config.password_file).read_text("utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"fichier de mot de passe illisible : {exc}") from exc
+    if username is None or password is None:
+        return None
+    return username, password
+
+
+class SmtpRelay:
+    """Relays to an upstream SMTP server, one connection per delivery."""
+
+    def __init__(
+        self,
+        route: Route,
+        config: UpstreamConfig,
+        local_hostname: str,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.route = route
+        self.config = config
+        self.local_hostname = local_hostname
+        self.credentials = credentials
+
+    def _client(self) -> aiosmtplib.SMTP:
+        config = self.config
+        context = ssl.create_default_context() if config.tls is not TLSMode.NONE else None
+        if context is not None:
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return aiosmtplib.SMTP(
+            hostname=config.host,
+            port=config.port,
+            # aiosmtplib's default looks up the host name on every connection.
+            local_hostname=self.local_hostname,
+            timeout=config.timeout,
+            use_tls=config.tls is TLSMode.IMPLICIT,
+            start_tls=config.tls is TLSMode.STARTTLS,
+            tls_context=context,
+            username=self.credentials[0] if self.credentials else None,
+            password=self.credentials[1] if self.credentials else None,
+        )
+
+    async def deliver(
+        self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
+    ) -> RelayOutcome:
+        """One whole upstream transaction within the route's time budget."""
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                return await self._transaction(mail_from, delivery, mail_options)
+        except RelayFailure:
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            raise upstream_failure(self.route, exc.code, exc.message) from exc
+        except (TimeoutError, aiosmtplib.SMTPTimeoutError) as exc:
+            raise RelayFailure(
+                451, "4.4.2", f"serveur {self.route.value} : délai dépassé, rien n'a été envoyé"
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise RelayFailure(
+                451, "4.4.1", f"serveur {self.route.value} injoignable ({type(exc).__name__})"
+            ) from exc
+
+    async def _transaction(
+        self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
+    ) -> RelayOutcome:
+        client = self._client()
+        await client.connect()
+        try:
+            options: list[str] = []
+            wants = {o.upper() for o in mail_options}
+            if "BODY=8BITMIME" in wants and client.supports_extension("8BITMIME"):
+                options.append("BODY=8BITMIME")
+            encoding = "ascii"
+            if "SMTPUTF8" in wants:
+                needs_utf8 = not (mail_from + "".join(delivery.recipients)).isascii()
+                if client.supports_extension("SMTPUTF8"):
+                    options.append("SMTPUTF8")
+                    encoding = "utf-8"
+                elif needs_utf8:
+                    raise RelayFailure(
+                        553,
+                        "5.6.7",
+                        f"serveur {self.route.value} : adresses internationalisées non prises "
+                        "en charge (SMTPUTF8)",
+                    )
+            await client.mail(mail_from, options=options, encoding=encoding)
+            refused: list[tuple[str, int, str]] = []
+            for rcpt in delivery.recipients:
+                try:
+                    await client.rcpt(rcpt, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused.append((rcpt, exc.code, exc.message))
+            if refused:
+                # All or nothing: never deliver to part of the recipients.
+                await client.rset()
+                permanent = [r for r in refused if r[1] >= 500]
+                rcpt, code, message = (permanent or refused)[0]
+                raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
+            response = await client.data(delivery.message)
+            detail = response.message
+        finally:
+            await _close(client)
+        return RelayOutcome(self.route, detail)
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely; an error after the upstream accepted the message changes nothing."""
+    if not client.is_connected:
+        return
+    try:
+        await client.quit(timeout=5)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+def build_relays(
+    routes: Mapping[Route, RouteConfig], local_hostname: str, env: Mapping[str, str]
+) -> dict[Route, Relay]:
+    """One relay per route, credentials read now so that a missing secret stops the start."""
+    relays: dict[Route, Relay] = {}
+    for route, config in routes.items():
+        if config.outbox is not None:
+            relays[route] = OutboxRelay(route, config.outbox)
+        else:
+            assert config.upstream is not None
+            try:
+                credentials = read_credentials(config.upstream, env)
+            except ValueError as exc:
+                raise ValueError(f"route {route.value} : {exc}") from exc
+            relays[route] = SmtpRelay(route, config.upstream, local_hostname, credentials)
+    return relays
