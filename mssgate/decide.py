@@ -30,7 +30,17 @@ ENVELOPE_RULES: tuple[Rule, ...] = (
     check_mixed_recipients,
     check_trust_space,
 )
-MESSAGE_RULES: tuple[Rule, ...] = (*ENVELOPE_RULES, check_forwards, check_patient_messages)
+# Forwards before the trust space: a redirect keeps the original MSSanté From, and the
+# forwards rule's text says what really happened.
+MESSAGE_RULES: tuple[Rule, ...] = (
+    check_syntax,
+    check_lookalikes,
+    check_patient_addresses,
+    check_mixed_recipients,
+    check_forwards,
+    check_trust_space,
+    check_patient_messages,
+)
 
 
 def _first_verdict(rules: tuple[Rule, ...], policy: Policy, tx: Transaction) -> Verdict | None:

@@ -67,7 +67,8 @@ class ListenConfig(StrictModel):
     """Where mssgate accepts mail from the practice's clients."""
 
     host: str = "127.0.0.1"
-    port: Port = 2525
+    port: Annotated[int, Field(ge=0, le=65535)] = 2525
+    """0 picks a free port (tests)."""
     hostname: NonEmptyStr = "mssgate.localdomain"
     """The name in the 220 banner and in EHLO towards the upstreams."""
     client_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
