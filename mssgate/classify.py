@@ -370,9 +370,11 @@ def _mssante_in_label(label: str) -> int | None:
     found = label.find("mssante")
     if found >= 0:
         return found
+    # A near miss must start a word of its own ("medecin-msante"): inside a word, "masante"
+    # is too often a real name ("pharmasante").
     skeleton = _skeleton(label)
     for start, char in enumerate(skeleton):
-        if char != "m":
+        if char != "m" or (start > 0 and skeleton[start - 1] not in "-_"):
             continue
         for size in (6, 7, 8):
             window = skeleton[start : start + size]
@@ -393,11 +395,10 @@ def _map_index(label: str, skeleton_index: int) -> int:
 
 def _mssante_prefix(labels: list[str]) -> tuple[bool, list[str]]:
     """Whether labels imitate ``<prefix>.mssante.fr``, and the prefix labels the user meant."""
-    last = len(labels) - 1
     for index, label in enumerate(labels):
         if label == "mssante":
-            if index == last - 1 and labels[last] == "fr" and index == 0:
-                return True, []  # the bare zone "mssante.fr" holds no mailbox
+            # Misplaced (mssante.com, mssante.fr.example.com) or the bare zone "mssante.fr",
+            # which holds no mailbox.
             return True, labels[:index]
         if _looks_like_mssante(label):
             return True, labels[:index]
@@ -416,9 +417,7 @@ def _apicrypt_lookalike(labels: list[str]) -> tuple[bool, str | None]:
     if len(labels) >= 2 and registered[0] == "apicrypt":
         # Right name, maybe wrong TLD: only the interop names under it are lookalikes.
         interop_like = bool(sub) and (
-            _distance(".".join(sub), "interop-mssante", 3) <= 3
-            or _mssante_prefix(sub)[0]
-            or "mssante" in sub
+            _distance(".".join(sub), "interop-mssante", 3) <= 3 or _mssante_prefix(sub)[0]
         )
         imitated = interop_like or registered[1] not in ("org", "fr")
     else:
@@ -485,6 +484,9 @@ def _closest_known(ascii_domain: str, domains: DomainSets) -> str | None:
     if domains.national is None or not ascii_domain.endswith(MSSANTE_SUFFIX):
         return None
     head = ascii_domain.removesuffix(MSSANTE_SUFFIX)
+    if "xn--" in head:
+        # médecin.mssante.fr is nearest to medecin.mssante.fr, not to its punycode.
+        head = _fold(_to_unicode(head))
     bound = 1 if len(head) <= 4 else 2
     grouped = _known_by_length(domains.national, domains.extra_mssante)
     best: tuple[int, float, str] | None = None

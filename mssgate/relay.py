@@ -207,6 +207,12 @@ class SmtpRelay:
         client = self._client()
         await client.connect()
         try:
+            if client.is_ehlo_or_helo_needed:
+                # The extensions decide MAIL FROM's parameters: greet before asking.
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             options: list[str] = []
             wants = {o.upper() for o in mail_options}
             if "BODY=8BITMIME" in wants and client.supports_extension("8BITMIME"):

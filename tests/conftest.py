@@ -113,10 +113,15 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_stack(extra: str = "", decide_fn: DecideFn = decide) -> AsyncIterator[Stack]:
-    """Two capture upstreams and a gateway routing to them, all on 127.0.0.1."""
+async def running_stack(
+    extra: str = "", decide_fn: DecideFn = decide, ordinary_port: int | None = None
+) -> AsyncIterator[Stack]:
+    """Two capture upstreams and a gateway routing to them, all on 127.0.0.1.
+
+    ``ordinary_port`` points the ordinary route elsewhere (a closed port: upstream down).
+    """
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
-        policy = make_policy(mssante.port, ordinary.port, extra)
+        policy = make_policy(mssante.port, ordinary_port or ordinary.port, extra)
         routes = {
             Route.MSSANTE: policy.document.routes.mssante,
             Route.ORDINARY: policy.document.routes.ordinary,

@@ -137,6 +137,8 @@ class SendResult:
         """The final SMTP code of a failed transaction, or 250."""
         if self.error is None:
             return 250
+        if isinstance(self.error, smtplib.SMTPRecipientsRefused):
+            return next(iter(self.error.recipients.values()))[0]
         return getattr(self.error, "smtp_code", None)
 
     @property

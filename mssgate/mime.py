@@ -1,0 +1,1152 @@
+"""Pure MIME core: read the structure a rule needs, insert the signature byte-exactly.
+
+The gateway relays health messages; every byte it does not deliberately rewrite must go out
+unchanged. So this module never re-serialises a message with :mod:`email.generator`: it parses
+the raw bytes into a tree of :class:`Part` objects carrying byte offsets, and rewrites by
+splicing new bytes into the original ones.
+
+Everything here is a pure function on plain data (no I/O, no logging). Parsing never raises,
+whatever the input.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import html
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from email.header import decode_header, make_header
+from email.utils import getaddresses
+from html.parser import HTMLParser
+
+__all__ = [
+    "ForwardOrigin",
+    "Params",
+    "ParsedMessage",
+    "Part",
+    "SignatureResult",
+    "add_signature",
+    "body_is_empty",
+    "body_parts",
+    "decoded_text",
+    "forward_origins",
+    "has_mssante_markers",
+    "header_addresses",
+    "is_signed_or_encrypted",
+    "parse_message",
+    "walk",
+]
+
+_MAX_DEPTH_CAP = 100
+"""Hard cap on nesting, whatever the caller asks: keeps recursion far from Python's limit."""
+
+# --------------------------------------------------------------------------------------------
+# Data model
+# --------------------------------------------------------------------------------------------
+
+
+class Params(Mapping[str, str]):
+    """An immutable, hashable mapping of Content-Type / Content-Disposition parameters."""
+
+    __slots__ = ("_dict", "_items")
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        """Build from ``(key, value)`` pairs; the first occurrence of a key wins."""
+        d: dict[str, str] = {}
+        for key, value in items:
+            d.setdefault(key, value)
+        self._dict = d
+        self._items = tuple(d.items())
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict)
+
+    def __len__(self) -> int:
+        return len(self._dict)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Params):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            return dict(self._dict) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Params({self._dict!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One MIME entity of a message, with byte offsets into the raw message."""
+
+    content_type: str
+    """Lower-case ``type/subtype``."""
+    params: Mapping[str, str]
+    """Content-Type parameters, lower-case keys, RFC 2231 decoded."""
+    disposition: str | None
+    """``attachment``, ``inline`` (lower-case) or None."""
+    filename: str | None
+    """From Content-Disposition ``filename`` or Content-Type ``name`` (RFC 2231/2047 decoded)."""
+    transfer_encoding: str
+    """Lower-case Content-Transfer-Encoding, ``7bit`` by default."""
+    header_start: int
+    body_start: int
+    body_end: int
+    children: tuple[Part, ...]
+    """Sub-parts of a multipart; for ``message/rfc822`` the attached message's top part."""
+    headers: tuple[tuple[str, str], ...]
+    """Header fields: name as written, value unfolded and RFC 2047 decoded."""
+
+    def header(self, name: str) -> str | None:
+        """First value of this part's header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """A message's raw bytes and the tree of its parts."""
+
+    raw: bytes
+    root: Part
+    line_ending: bytes
+    """``b"\\r\\n"`` or ``b"\\n"``, detected from the header block."""
+    defects: tuple[str, ...]
+
+    def header(self, name: str) -> str | None:
+        """First top-level value of header ``name`` (case-insensitive), or None."""
+        return self.root.header(name)
+
+    def header_all(self, name: str) -> tuple[str, ...]:
+        """Every top-level value of header ``name`` (case-insensitive), in order."""
+        lname = name.lower()
+        return tuple(v for k, v in self.root.headers if k.lower() == lname)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardOrigin:
+    """Where forwarded or quoted content came from."""
+
+    kind: str
+    """``resent`` | ``attached_message`` | ``inline_forward`` | ``quoted_reply``."""
+    address: str
+    """addr-spec of the origin."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureResult:
+    """The outcome of :func:`add_signature`."""
+
+    message: bytes
+    added: bool
+    reason: str
+
+
+# --------------------------------------------------------------------------------------------
+# Header blocks
+# --------------------------------------------------------------------------------------------
+
+# A header field line (name then colon) or a continuation line, each up to and including \n
+# (or the end of the scanned range).
+_HEADER_BLOCK_RE = re.compile(rb"(?:(?:[\x21-\x39\x3b-\x7e]+[ \t]*:|[ \t])[^\n]*(?:\n|\Z))*")
+_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:([^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*)")
+_UNFOLD_RE = re.compile(r"\r?\n(?=[ \t])")
+
+
+@dataclass(frozen=True, slots=True)
+class _HeaderScan:
+    fields_start: int
+    """Start of the first field (after a leading mbox ``From `` line)."""
+    fields_end: int
+    """End of the last header line (where a new field line is inserted)."""
+    body_start: int
+    had_blank: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _RawField:
+    name: str
+    value: bytes
+    start: int
+    end: int
+
+
+def _scan_header(raw: bytes, start: int, end: int, allow_unix_from: bool = False) -> _HeaderScan:
+    pos = start
+    if (
+        allow_unix_from
+        and raw.startswith(b"From ", start)
+        and not re.match(rb"From[ \t]*:", raw[start : start + 64])
+    ):
+        nl = raw.find(b"\n", start, end)
+        pos = end if nl < 0 else nl + 1
+    m = _HEADER_BLOCK_RE.match(raw, pos, end)
+    fields_end = m.end() if m else pos
+    if raw.startswith(b"\r\n", fields_end) and fields_end + 2 <= end:
+        return _HeaderScan(pos, fields_end, fields_end + 2, True)
+    if raw.startswith(b"\n", fields_end) and fields_end + 1 <= end:
+        return _HeaderScan(pos, fields_end, fields_end + 1, True)
+    return _HeaderScan(pos, fields_end, fields_end, False)
+
+
+def _raw_fields(raw: bytes, start: int, end: int) -> list[_RawField]:
+    """The header fields in ``raw[start:end]``, which holds only field and continuation lines."""
+    out: list[_RawField] = []
+    pos = start
+    while pos < end:
+        m = _FIELD_RE.match(raw, pos, end)
+        if m is None:  # a stray continuation line before the first field
+            nl = raw.find(b"\n", pos, end)
+            pos = end if nl < 0 else nl + 1
+            continue
+        out.append(_RawField(_bytes_to_str(m.group(1)), m.group(2), m.start(), m.end()))
+        pos = m.end()
+    return out
+
+
+def _fields(raw: bytes, scan: _HeaderScan) -> list[_RawField]:
+    return _raw_fields(raw, scan.fields_start, scan.fields_end)
+
+
+def _bytes_to_str(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _unfold(value: bytes) -> str:
+    return _UNFOLD_RE.sub("", _bytes_to_str(value)).strip()
+
+
+def _decode_2047(value: str) -> str:
+    if "=?" not in value:
+        return value
+    try:
+        return str(make_header(decode_header(value)))
+    except Exception:  # any malformed encoded word: keep the text as written
+        return value
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters (RFC 2045 / RFC 2231)
+# --------------------------------------------------------------------------------------------
+
+
+def _split_params(value: str) -> list[str]:
+    """Split on ``;`` outside quoted strings."""
+    out: list[str] = []
+    cur: list[str] = []
+    in_quote = False
+    escape = False
+    for ch in value:
+        if escape:
+            cur.append(ch)
+            escape = False
+        elif in_quote and ch == "\\":
+            cur.append(ch)
+            escape = True
+        elif ch == '"':
+            cur.append(ch)
+            in_quote = not in_quote
+        elif ch == ";" and not in_quote:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return out
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    if value.startswith('"'):
+        return value[1:]
+    return value
+
+
+def _pct_decode(value: str) -> bytes:
+    data = value.encode("utf-8", "surrogateescape")
+    return re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes((int(m.group(1), 16),)), data)
+
+
+def _parse_structured(value: str) -> tuple[str, Params]:
+    """Split a Content-Type / Content-Disposition value into its main token and params."""
+    pieces = _split_params(value)
+    main = pieces[0].strip().lower()
+    simple: list[tuple[str, str]] = []
+    extended: dict[str, list[tuple[int, bool, str]]] = {}
+    for piece in pieces[1:]:
+        if "=" not in piece:
+            continue
+        key, _, val = piece.partition("=")
+        key = key.strip().lower()
+        if not key:
+            continue
+        m = re.fullmatch(r"([^*]+)\*(?:(\d+)(\*)?|)", key) if "*" in key else None
+        if m is None:
+            simple.append((key, _unquote(val)))
+            continue
+        base = m.group(1)
+        if m.group(2) is None:
+            extended.setdefault(base, []).append((0, True, val.strip()))
+        else:
+            extended.setdefault(base, []).append(
+                (int(m.group(2)) if len(m.group(2)) < 6 else 99999, m.group(3) is not None, val)
+            )
+    items: list[tuple[str, str]] = []
+    for base, segs in extended.items():
+        segs.sort(key=lambda s: s[0])
+        charset = ""
+        chunks: list[bytes] = []
+        for index, (_, encoded, val) in enumerate(segs):
+            raw_val = _unquote(val)
+            if encoded:
+                if index == 0 and raw_val.count("'") >= 2:
+                    charset, _, rest = raw_val.partition("'")
+                    _, _, raw_val = rest.partition("'")
+                chunks.append(_pct_decode(raw_val))
+            else:
+                chunks.append(raw_val.encode("utf-8", "surrogateescape"))
+        codec = _text_codec(charset) or "utf-8"
+        try:
+            items.append((base, b"".join(chunks).decode(codec, "replace")))
+        except Exception:
+            items.append((base, b"".join(chunks).decode("utf-8", "replace")))
+    items.extend(simple)  # RFC 2231 forms take precedence over the plain ones
+    return main, Params(items)
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------
+
+_MULTIPART_OPAQUE_CTES = frozenset({"7bit", "8bit", "binary"})
+
+
+def _detect_line_ending(raw: bytes) -> bytes:
+    nl = raw.find(b"\n")
+    if nl < 0:
+        return b"\r\n"
+    return b"\r\n" if nl > 0 and raw[nl - 1 : nl] == b"\r" else b"\n"
+
+
+def _first(fields: Sequence[tuple[str, str]], name: str) -> str | None:
+    for key, value in fields:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _parse_entity(
+    raw: bytes,
+    start: int,
+    end: int,
+    depth: int,
+    max_depth: int,
+    default_type: str,
+    defects: list[str],
+) -> Part:
+    scan = _scan_header(raw, start, end, allow_unix_from=(start == 0))
+    if not scan.had_blank and (scan.fields_end < end or scan.fields_end > start):
+        defects.append("header block without blank line")
+    raw_fields = _fields(raw, scan)
+    unfolded = [(f.name, _unfold(f.value)) for f in raw_fields]
+    headers = tuple((name, _decode_2047(value)) for name, value in unfolded)
+
+    ct_value = _first(unfolded, "content-type")
+    content_type = default_type
+    params = Params()
+    if ct_value is not None:
+        main, params = _parse_structured(ct_value)
+        if re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9a-z]+/[!#$%&'*+\-.^_`|~0-9a-z]+", main):
+            content_type = main
+        else:
+            defects.append("invalid content-type")
+            content_type = "text/plain"
+            params = Params((k, v) for k, v in params.items() if k == "charset")
+
+    cte_value = _first(unfolded, "content-transfer-encoding")
+    transfer_encoding = "7bit"
+    if cte_value:
+        token = re.split(r"[\s(;]", cte_value.strip(), maxsplit=1)[0].lower()
+        transfer_encoding = token or "7bit"
+
+    disposition: str | None = None
+    filename: str | None = None
+    cd_value = _first(unfolded, "content-disposition")
+    if cd_value is not None:
+        disp, dparams = _parse_structured(cd_value)
+        disposition = disp or None
+        if dparams.get("filename"):
+            filename = _decode_2047(dparams["filename"])
+    if filename is None and params.get("name"):
+        filename = _decode_2047(params["name"])
+
+    body_start = scan.body_start
+    body_end = end
+    children: tuple[Part, ...] = ()
+    maintype = content_type.partition("/")[0]
+    is_message = content_type in ("message/rfc822", "message/global")
+    if maintype == "multipart" or is_message:
+        if transfer_encoding not in _MULTIPART_OPAQUE_CTES:
+            defects.append("encoded container kept opaque")
+        elif depth >= max_depth:
+            defects.append("depth limit")
+        elif is_message:
+            children = (
+                _parse_entity(
+                    raw, body_start, body_end, depth + 1, max_depth, "text/plain", defects
+                ),
+            )
+        else:
+            boundary = params.get("boundary", "")
+            if not boundary:
+                defects.append("multipart without boundary")
+            else:
+                child_default = (
+                    "message/rfc822" if content_type == "multipart/digest" else "text/plain"
+                )
+                children = _parse_multipart(
+                    raw,
+                    body_start,
+                    body_end,
+                    boundary,
+                    depth,
+                    max_depth,
+                    child_default,
+                    defects,
+                )
+    return Part(
+        content_type=content_type,
+        params=params,
+        disposition=disposition,
+        filename=filename,
+        transfer_encoding=transfer_encoding,
+        header_start=start,
+        body_start=body_start,
+        body_end=body_end,
+        children=children,
+        headers=headers,
+    )
+
+
+def _parse_multipart(
+    raw: bytes,
+    start: int,
+    end: int,
+    boundary: str,
+    depth: int,
+    max_depth: int,
+    child_default: str,
+    defects: list[str],
+) -> tuple[Part, ...]:
+    try:
+        bnd = boundary.encode("utf-8")
+    except UnicodeEncodeError:
+        bnd = boundary.encode("latin-1", "replace")
+    delim_re = re.compile(rb"^--" + re.escape(bnd) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    children: list[Part] = []
+    part_start: int | None = None
+    closed = False
+    for m in delim_re.finditer(raw, start, end):
+        if m.start() != start and raw[m.start() - 1 : m.start()] != b"\n":
+            continue  # only possible when start is not at a line start
+        if part_start is not None:
+            part_end = m.start()
+            if part_end > part_start and raw[part_end - 1 : part_end] == b"\n":
+                part_end -= 1
+                if part_end > part_start and raw[part_end - 1 : part_end] == b"\r":
+                    part_end -= 1
+            children.append(
+                _parse_entity(
+                    raw, part_start, part_end, depth + 1, max_depth, child_default, defects
+                )
+            )
+        # the delimiter line ends at m.end(); skip its line break
+        line_end = m.end()
+        if raw.startswith(b"\n", line_end):
+            line_end += 1
+        line_end = min(line_end, end)
+        if m.group(1) is not None:
+            closed = True
+            part_start = None
+            break
+        part_start = line_end
+    if part_start is not None:
+        children.append(
+            _parse_entity(raw, part_start, end, depth + 1, max_depth, child_default, defects)
+        )
+    if not closed:
+        defects.append("missing final boundary")
+    return tuple(children)
+
+
+def parse_message(raw: bytes, max_depth: int = 32) -> ParsedMessage:
+    """Parse raw message bytes into a tree of parts with byte offsets. Never raises."""
+    raw = bytes(raw)
+    max_depth = max(0, min(int(max_depth), _MAX_DEPTH_CAP))
+    defects: list[str] = []
+    try:
+        root = _parse_entity(raw, 0, len(raw), 0, max_depth, "text/plain", defects)
+    except Exception as exc:  # defensive: the parser must never raise
+        defects.append(f"parser error: {type(exc).__name__}")
+        root = Part("text/plain", Params(), None, None, "7bit", 0, 0, len(raw), (), ())
+    return ParsedMessage(
+        raw=raw,
+        root=root,
+        line_ending=_detect_line_ending(raw),
+        defects=tuple(dict.fromkeys(defects)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def walk(part: Part) -> Iterator[Part]:
+    """Yield ``part`` and all its descendants depth-first, including attached messages."""
+    stack = [part]
+    while stack:
+        p = stack.pop()
+        yield p
+        stack.extend(reversed(p.children))
+
+
+def header_addresses(msg: ParsedMessage, names: Sequence[str] = ("to", "cc")) -> tuple[str, ...]:
+    """addr-spec of every address in the named top-level headers, in order, no empties."""
+    wanted = {n.lower() for n in names}
+    scan = _scan_header(msg.raw, msg.root.header_start, msg.root.body_start, True)
+    # Parse the undecoded values: an RFC 2047 display name may hide a comma or a bracket.
+    values = [_unfold(f.value) for f in _fields(msg.raw, scan) if f.name.lower() in wanted]
+    try:
+        pairs = getaddresses(values)
+    except Exception:
+        return ()
+    return tuple(addr.strip() for _, addr in pairs if addr.strip())
+
+
+_B64_JUNK = bytes(
+    set(range(256)) - set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+)
+
+
+def _b64decode(data: bytes) -> bytes:
+    clean = data.translate(None, _B64_JUNK)
+    if len(clean) % 4 == 1:
+        clean = clean[:-1]
+    clean += b"=" * (-len(clean) % 4)
+    try:
+        return base64.b64decode(clean)
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _decode_cte(body: bytes, cte: str) -> bytes | None:
+    """Body bytes with the transfer encoding removed; None for an unknown encoding."""
+    if cte in ("7bit", "8bit", "binary"):
+        return body
+    if cte == "base64":
+        return _b64decode(body)
+    if cte == "quoted-printable":
+        try:
+            return binascii.a2b_qp(body)
+        except (binascii.Error, ValueError):
+            return body
+    return None
+
+
+def _text_codec(charset: str | None) -> str | None:
+    """Python codec name for a MIME charset, or None if unknown or not a text encoding."""
+    if not charset:
+        return None
+    name = charset.strip().strip('"').lower()
+    if not name or len(name) > 64:
+        return None
+    try:
+        info = codecs.lookup(name)
+    except (LookupError, ValueError, TypeError):
+        return None
+    if not getattr(info, "_is_text_encoding", True):
+        return None
+    return info.name
+
+
+def _part_codec(part: Part) -> str | None:
+    charset = part.params.get("charset")
+    if charset is None or not charset.strip():
+        return "ascii"
+    return _text_codec(charset)
+
+
+def decoded_text(msg: ParsedMessage, part: Part) -> str:
+    """The part's body as text: transfer encoding then charset removed. Never raises."""
+    body = msg.raw[part.body_start : part.body_end]
+    data = _decode_cte(body, part.transfer_encoding)
+    if data is None:
+        data = body
+    codec = _part_codec(part) or "utf-8"
+    if codec == "ascii":
+        # undeclared 8-bit text is nearly always UTF-8 or Latin-1
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            codec = "utf-8"
+    try:
+        return data.decode(codec, "replace")
+    except Exception:
+        return data.decode("utf-8", "replace")
+
+
+_SIGNED_TYPES = frozenset(
+    {
+        "multipart/signed",
+        "multipart/encrypted",
+        "application/pkcs7-mime",
+        "application/x-pkcs7-mime",
+        "application/pgp-encrypted",
+        "application/pkcs7-signature",
+        "application/x-pkcs7-signature",
+    }
+)
+
+
+def is_signed_or_encrypted(msg: ParsedMessage) -> bool:
+    """True when any part, anywhere, is S/MIME or PGP signed or encrypted content."""
+    return any(p.content_type in _SIGNED_TYPES for p in walk(msg.root))
+
+
+_BODY_TEXT_TYPES = frozenset({"text/plain", "text/html"})
+
+
+def _is_attachment(part: Part) -> bool:
+    if part.disposition == "attachment":
+        return True
+    return part.content_type.startswith("text/") and part.filename is not None
+
+
+def _related_root(part: Part) -> Part | None:
+    if not part.children:
+        return None
+    start = part.params.get("start", "").strip().strip("<>").strip()
+    if start:
+        for child in part.children:
+            cid = (child.header("content-id") or "").strip().strip("<>").strip()
+            if cid == start:
+                return child
+    return part.children[0]
+
+
+def _collect_body(part: Part, out: list[Part]) -> None:
+    if _is_attachment(part):
+        return
+    ct = part.content_type
+    if ct in _BODY_TEXT_TYPES:
+        out.append(part)
+    elif ct == "multipart/alternative":
+        for child in part.children:
+            _collect_body(child, out)
+    elif ct == "multipart/related":
+        root = _related_root(part)
+        if root is not None:
+            _collect_body(root, out)
+    elif (
+        ct.startswith("multipart/")
+        and ct not in _SIGNED_TYPES
+        and ct != "multipart/digest"
+        and part.children
+    ):
+        _collect_body(part.children[0], out)
+
+
+def body_parts(msg: ParsedMessage) -> tuple[Part, ...]:
+    """The parts that make the human-readable body (where a signature goes)."""
+    out: list[Part] = []
+    _collect_body(msg.root, out)
+    return tuple(out)
+
+
+class _TextExtractor(HTMLParser):
+    _BLOCK = frozenset(
+        {"br", "p", "div", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "table", "hr"}
+        | {"blockquote", "pre", "ul", "ol", "dt", "dd", "section", "article", "header"}
+    )
+    _SKIP = frozenset({"head", "style", "script", "title"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIP:
+            self.skip += 1
+        elif tag in self._BLOCK:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIP:
+            self.skip = max(0, self.skip - 1)
+        elif tag in self._BLOCK:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip:
+            self.chunks.append(data)
+
+
+def _html_to_text(markup: str) -> str:
+    parser = _TextExtractor()
+    try:
+        parser.feed(markup)
+        parser.close()
+        return "".join(parser.chunks)
+    except Exception:
+        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
+
+
+def _part_text(msg: ParsedMessage, part: Part) -> str:
+    text = decoded_text(msg, part)
+    if part.content_type == "text/html":
+        return _html_to_text(text)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Forward origins
+# --------------------------------------------------------------------------------------------
+
+_ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_QUOTE_PREFIX_RE = re.compile(r"^(?:[ \t]*>)+[ \t]?")
+_FWD_MARKER_RE = re.compile(
+    r"^\s*(?:-{2,}\s*(?:message transf[ée]r[ée]|forwarded message|original message"
+    r"|message d'origine|message original|mensaje original|ursprüngliche nachricht"
+    r"|weitergeleitete nachricht)\s*-{2,}"
+    r"|d[ée]but du message r[ée]exp[ée]di[ée]\s*:|begin forwarded message\s*:)",
+    re.IGNORECASE,
+)
+_FROM_LINE_RE = re.compile(r"^\s*\**(?:de|from|von|exp[ée]diteur)\s*\**\s*:\s*(.*)$", re.I)
+_SENT_LINE_RE = re.compile(r"^\s*\**(?:envoy[ée]|sent|date|gesendet)\s*\**\s*:", re.I)
+_TO_LINE_RE = re.compile(r"^\s*\**(?:[àa]|to|objet|subject|pour|an|betreff)\s*\**\s*:", re.I)
+_ATTRIB_START_RE = re.compile(r"^\s*(?:le|on)\s", re.I)
+_ATTRIB_END_RE = re.compile(r"(?:a\s+[ée]crit|wrote)\s*:?\s*$", re.I)
+
+
+def _addresses_in(text: str) -> list[str]:
+    return [m.group(0).strip(".") for m in _ADDR_RE.finditer(text)]
+
+
+def _inline_origins(text: str) -> list[ForwardOrigin]:
+    lines = [_QUOTE_PREFIX_RE.sub("", ln).strip() for ln in text.splitlines()]
+    out: list[ForwardOrigin] = []
+    n = len(lines)
+    for i, line in enumerate(lines):
+        if _FWD_MARKER_RE.match(line):
+            seen = 0
+            for j in range(i + 1, min(n, i + 12)):
+                if not lines[j]:
+                    continue
+                seen += 1
+                fm = _FROM_LINE_RE.match(lines[j])
+                if fm:
+                    out.extend(ForwardOrigin("inline_forward", a) for a in _addresses_in(fm[1]))
+                    break
+                if seen >= 6:
+                    break
+        fm = _FROM_LINE_RE.match(line)
+        if fm:
+            window = lines[i + 1 : i + 5]
+            if any(_SENT_LINE_RE.match(ln) for ln in window) and any(
+                _TO_LINE_RE.match(ln) for ln in window
+            ):
+                out.extend(ForwardOrigin("inline_forward", a) for a in _addresses_in(fm[1]))
+        if _ATTRIB_START_RE.match(line):
+            candidate = line
+            if not _ATTRIB_END_RE.search(candidate) and i + 1 < n:
+                candidate = f"{line} {lines[i + 1]}"
+            if _ATTRIB_END_RE.search(candidate):
+                out.extend(ForwardOrigin("quoted_reply", a) for a in _addresses_in(candidate))
+    return out
+
+
+def forward_origins(msg: ParsedMessage) -> tuple[ForwardOrigin, ...]:
+    """Where forwarded, redirected or quoted content came from (resent, attached, inline)."""
+    out: list[ForwardOrigin] = [
+        ForwardOrigin("resent", a) for a in header_addresses(msg, ("resent-from", "resent-sender"))
+    ]
+    for part in walk(msg.root):
+        if part.content_type in ("message/rfc822", "message/global") and part.children:
+            child = part.children[0]
+            scan = _scan_header(msg.raw, child.header_start, child.body_start)
+            values = [_unfold(f.value) for f in _fields(msg.raw, scan) if f.name.lower() == "from"]
+            out.extend(ForwardOrigin("attached_message", a) for a in _safe_addrs(values))
+        elif part.content_type == "text/rfc822-headers":
+            scan = _scan_header(msg.raw, part.body_start, part.body_end)
+            values = [_unfold(f.value) for f in _fields(msg.raw, scan) if f.name.lower() == "from"]
+            out.extend(ForwardOrigin("attached_message", a) for a in _safe_addrs(values))
+    for part in body_parts(msg):
+        out.extend(_inline_origins(_part_text(msg, part)))
+    return tuple(dict.fromkeys(out))
+
+
+def _safe_addrs(values: list[str]) -> list[str]:
+    try:
+        return [a.strip() for _, a in getaddresses(values) if a.strip()]
+    except Exception:
+        return []
+
+
+def has_mssante_markers(msg: ParsedMessage) -> bool:
+    """True when the message carries MSSanté health-data markers (X-MSS-* or IHE_XDM.ZIP)."""
+    for part in walk(msg.root):
+        if part.filename is not None and part.filename.strip().lower() == "ihe_xdm.zip":
+            return True
+        for name, _ in part.headers:
+            if name.lower() in ("x-mss-codecda", "x-mss-ins"):
+                return True
+    return False
+
+
+def body_is_empty(msg: ParsedMessage) -> bool:
+    """True when the body text is only whitespace and nothing else (no attachment) is there."""
+    bodies = body_parts(msg)
+    body_ids = {id(p) for p in bodies}
+    for part in walk(msg.root):
+        if part.children or id(part) in body_ids:
+            continue
+        if part.content_type.startswith("multipart/"):
+            if msg.raw[part.body_start : part.body_end].strip():
+                return False
+            continue
+        return False
+    return all(not _part_text(msg, p).strip() for p in bodies)
+
+
+# --------------------------------------------------------------------------------------------
+# Signature
+# --------------------------------------------------------------------------------------------
+
+
+class _Skip(Exception):
+    """A body part that cannot be rewritten safely; the reason is the message."""
+
+
+@dataclass(slots=True)
+class _Edits:
+    items: list[tuple[int, int, int, bytes]]
+
+    def replace(self, start: int, end: int, data: bytes, seq: int = 5) -> None:
+        self.items.append((start, end, seq, data))
+
+
+def _qp_encode(data: bytes, le: bytes) -> bytes:
+    """Quoted-printable (RFC 2045) with hard line breaks ``le`` and lines of at most 76."""
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    out: list[bytes] = []
+    safe = re.compile(rb"[\x21-\x3c\x3e-\x7e \t]*")
+    for line in lines:
+        if len(line) <= 76 and safe.fullmatch(line) and not line.endswith((b" ", b"\t")):
+            out.append(line)
+            continue
+        tokens: list[bytes] = []
+        last = len(line) - 1
+        for i, byte in enumerate(line):
+            if (33 <= byte <= 126 and byte != 61) or (byte in (32, 9) and i != last):
+                tokens.append(bytes((byte,)))
+            else:
+                tokens.append(b"=%02X" % byte)
+        cur = b""
+        pieces: list[bytes] = []
+        for tok in tokens:
+            if len(cur) + len(tok) > 75:
+                pieces.append(cur + b"=")
+                cur = b""
+            cur += tok
+        pieces.append(cur)
+        out.append(le.join(pieces))
+    return le.join(out)
+
+
+def _b64_encode(data: bytes, le: bytes) -> bytes:
+    if not data:
+        return b""
+    return base64.encodebytes(data).replace(b"\n", le)
+
+
+def _detect_le(data: bytes, default: bytes) -> bytes:
+    nl = data.find(b"\n")
+    if nl < 0:
+        return default
+    return b"\r\n" if nl > 0 and data[nl - 1 : nl] == b"\r" else b"\n"
+
+
+def _ascii_compatible(codec: str) -> bool:
+    try:
+        return "a\r\n=".encode(codec) == b"a\r\n=" and b"a\r\n=".decode(codec) == "a\r\n="
+    except Exception:
+        return False
+
+
+def _signature_lines(text: str, flowed: bool) -> list[str]:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not flowed:
+        return lines
+    out: list[str] = []
+    for line in lines:
+        if line != "-- ":
+            line = line.rstrip(" ")
+        if line.startswith((" ", ">", "From ")):
+            line = " " + line  # space-stuffing (RFC 3676)
+        out.append(line)
+    return out
+
+
+def _field_le(field_bytes: bytes, default: bytes) -> bytes:
+    if field_bytes.endswith(b"\r\n"):
+        return b"\r\n"
+    if field_bytes.endswith(b"\n"):
+        return b"\n"
+    return default
+
+
+def _set_part_headers(
+    msg: ParsedMessage,
+    part: Part,
+    edits: _Edits,
+    *,
+    charset: str | None,
+    cte: str | None,
+) -> None:
+    """Edit only this part's Content-Type charset / Content-Transfer-Encoding lines."""
+    raw = msg.raw
+    scan = _scan_header(raw, part.header_start, part.body_start, part.header_start == 0)
+    fields = _fields(raw, scan)
+    le = _detect_le(raw[part.header_start : part.body_start], msg.line_ending)
+    additions: list[bytes] = []
+    if charset is not None:
+        ct = next((f for f in fields if f.name.lower() == "content-type"), None)
+        if ct is None:
+            additions.append(
+                b"Content-Type: " + part.content_type.encode() + b"; charset=" + charset.encode()
+            )
+        else:
+            fb = raw[ct.start : ct.end]
+            pm = re.search(rb'(?i)(;\s*charset\s*=\s*)("[^"]*"|[^\s;()]*)', fb)
+            if pm:
+                new = fb[: pm.start(2)] + charset.encode() + fb[pm.end(2) :]
+            else:
+                body = fb.rstrip(b"\r\n")
+                new = body + b"; charset=" + charset.encode() + fb[len(body) :]
+            edits.replace(ct.start, ct.end, new)
+    if cte is not None:
+        cf = next((f for f in fields if f.name.lower() == "content-transfer-encoding"), None)
+        if cf is None:
+            additions.append(b"Content-Transfer-Encoding: " + cte.encode())
+        else:
+            fb = raw[cf.start : cf.end]
+            name = fb.split(b":", 1)[0]
+            edits.replace(cf.start, cf.end, name + b": " + cte.encode() + _field_le(fb, le))
+    if additions:
+        pos = scan.fields_end
+        prefix = le if pos > part.header_start and raw[pos - 1 : pos] != b"\n" else b""
+        edits.replace(pos, pos, prefix + b"".join(a + le for a in additions), seq=1)
+        if not scan.had_blank:
+            edits.replace(pos, pos, le, seq=3)
+
+
+def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> None:
+    cte = part.transfer_encoding
+    body = msg.raw[part.body_start : part.body_end]
+    decoded = _decode_cte(body, cte)
+    if decoded is None:
+        raise _Skip("unsupported_encoding")
+    codec = _part_codec(part)
+    if codec is None or not _ascii_compatible(codec):
+        raise _Skip("unsupported_charset")
+    raw_le = _detect_le(body, msg.line_ending)
+    le = _detect_le(decoded, raw_le)
+    flowed = part.params.get("format", "").strip().lower() == "flowed"
+    les = le.decode("ascii")
+    sig = les.join(_signature_lines(text, flowed))
+    if not sig.strip():
+        raise _Skip("empty_signature")
+    if decoded.endswith(b"\n"):
+        addition = les + sig + les
+    elif decoded:
+        addition = les + les + sig
+    else:
+        addition = sig + les
+    new_charset: str | None = None
+    try:
+        sig_bytes = addition.encode(codec)
+        new_decoded = decoded + sig_bytes
+    except UnicodeEncodeError:
+        try:
+            content = decoded.decode(codec)
+        except UnicodeDecodeError:
+            try:
+                content = decoded.decode("utf-8")
+            except UnicodeDecodeError:
+                content = decoded.decode("cp1252", "replace")
+        new_decoded = (content + addition).encode("utf-8", "surrogateescape")
+        new_charset = "utf-8"
+        sig_bytes = addition.encode("utf-8")
+    new_cte: str | None = None
+    if cte == "7bit" and not sig_bytes.isascii():
+        new_cte = "quoted-printable"
+    out_cte = new_cte or cte
+    if out_cte in ("7bit", "8bit", "binary"):
+        new_body = body + sig_bytes if new_charset is None else new_decoded
+    elif out_cte == "quoted-printable":
+        new_body = _qp_encode(new_decoded, raw_le)
+        if body.endswith(b"\n") and not new_body.endswith(raw_le):
+            new_body += raw_le
+    else:  # base64
+        new_body = _b64_encode(new_decoded, raw_le)
+        if not body.endswith(b"\n"):
+            new_body = new_body[: -len(raw_le)] if new_body.endswith(raw_le) else new_body
+    edits.replace(part.body_start, part.body_end, new_body, seq=5)
+    if new_charset is not None or new_cte is not None:
+        _set_part_headers(msg, part, edits, charset=new_charset, cte=new_cte)
+
+
+_BODY_CLOSE_RE = re.compile(rb"</body\s*>", re.IGNORECASE)
+
+
+def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) -> None:
+    cte = part.transfer_encoding
+    body = msg.raw[part.body_start : part.body_end]
+    decoded = _decode_cte(body, cte)
+    if decoded is None:
+        raise _Skip("unsupported_encoding")
+    codec = _part_codec(part)
+    if codec is None or not _ascii_compatible(codec):
+        raise _Skip("unsupported_charset")
+    raw_le = _detect_le(body, msg.line_ending)
+    le = _detect_le(decoded, raw_le)
+    if not fragment.strip():
+        raise _Skip("empty_signature")
+    frag = fragment.replace("\r\n", "\n").replace("\r", "\n").replace("\n", le.decode())
+    enc_codec = "ascii" if cte == "7bit" else codec
+    frag_bytes = frag.encode(enc_codec, "xmlcharrefreplace")
+    closes = [m.start() for m in _BODY_CLOSE_RE.finditer(decoded)]
+    if closes:
+        pos = closes[-1]
+        new_decoded = decoded[:pos] + frag_bytes + decoded[pos:]
+    else:
+        sep = b"" if not decoded or decoded.endswith(b"\n") else le
+        new_decoded = decoded + sep + frag_bytes
+    if cte in ("7bit", "8bit", "binary"):
+        new_body = new_decoded
+    elif cte == "quoted-printable":
+        new_body = _qp_encode(new_decoded, raw_le)
+        if body.endswith(b"\n") and not new_body.endswith(raw_le):
+            new_body += raw_le
+    else:
+        new_body = _b64_encode(new_decoded, raw_le)
+        if not body.endswith(b"\n"):
+            new_body = new_body[: -len(raw_le)] if new_body.endswith(raw_le) else new_body
+    edits.replace(part.body_start, part.body_end, new_body, seq=5)
+
+
+def _apply(raw: bytes, items: list[tuple[int, int, int, bytes]]) -> bytes:
+    out: list[bytes] = []
+    pos = 0
+    for start, end, _, data in sorted(items, key=lambda e: (e[0], e[2], e[1])):
+        if start < pos:
+            raise _Skip("overlapping_edits")
+        out.append(raw[pos:start])
+        out.append(data)
+        pos = end
+    out.append(raw[pos:])
+    return b"".join(out)
+
+
+def add_signature(
+    msg: ParsedMessage,
+    text: str,
+    html_fragment: str,
+    already_present: str,
+    marker: tuple[str, str] | None = ("X-MSSGate-Signature", "added"),
+    skip_dkim_signed: bool = True,
+) -> SignatureResult:
+    """Append the preferred-address signature to the body parts, splicing bytes in place.
+
+    Returns the original bytes unchanged (``added=False``) when the message is signed or
+    encrypted, DKIM-signed (unless ``skip_dkim_signed`` is False), already carries the marker
+    header or the ``already_present`` address, or has no body part that can be rewritten.
+    Never raises.
+    """
+    try:
+        return _add_signature(msg, text, html_fragment, already_present, marker, skip_dkim_signed)
+    except Exception as exc:  # defensive: a rewrite failure must not lose the message
+        return SignatureResult(msg.raw, False, f"error:{type(exc).__name__}")
+
+
+def _add_signature(
+    msg: ParsedMessage,
+    text: str,
+    html_fragment: str,
+    already_present: str,
+    marker: tuple[str, str] | None,
+    skip_dkim_signed: bool,
+) -> SignatureResult:
+    if is_signed_or_encrypted(msg):
+        return SignatureResult(msg.raw, False, "signed_or_encrypted")
+    if skip_dkim_signed and msg.header("DKIM-Signature") is not None:
+        return SignatureResult(msg.raw, False, "dkim_signed")
+    if marker is not None and msg.header(marker[0]) is not None:
+        return SignatureResult(msg.raw, False, "already_signed")
+    parts = body_parts(msg)
+    needle = already_present.strip().lower()
+    if needle and any(needle in decoded_text(msg, p).lower() for p in parts):
+        return SignatureResult(msg.raw, False, "already_signed")
+    if not parts:
+        return SignatureResult(msg.raw, False, "no_body_part")
+    edits = _Edits([])
+    done = 0
+    skipped: list[str] = []
+    for part in parts:
+        attempt = _Edits([])
+        try:
+            if part.content_type == "text/html":
+                _rewrite_html(msg, part, html_fragment, attempt)
+            else:
+                _rewrite_plain(msg, part, text, attempt)
+        except _Skip as skip:
+            skipped.append(str(skip))
+            continue
+        edits.items.extend(attempt.items)
+        done += 1
+    if not done:
+        return SignatureResult(msg.raw, False, skipped[0] if skipped else "no_body_part")
+    if marker is not None:
+        raw = msg.raw
+        root = msg.root
+        scan = _scan_header(raw, root.header_start, root.body_start, True)
+        le = msg.line_ending
+        pos = scan.fields_end
+        already = any(e[0] == pos and e[2] == 1 for e in edits.items)
+        prefix = le if pos > 0 and raw[pos - 1 : pos] != b"\n" and not already else b""
+        line = f"{marker[0]}: {marker[1]}".encode()
+        edits.replace(pos, pos, prefix + line + le, seq=2)
+        if not scan.had_blank and not any(e[0] == pos and e[2] == 3 for e in edits.items):
+            edits.replace(pos, pos, le, seq=3)
+    return SignatureResult(_apply(msg.raw, edits.items), True, "added")
