@@ -962,7 +962,7 @@ def _set_part_headers(
         else:
             fb = raw[cf.start : cf.end]
             name = fb.split(b":", 1)[0]
-            edits.replace(cf.start, cf.end, name + b": " + cte.encode() + _field_le(fb, le))
+            edits.replace(cf.start, cf.end, name + b": " + cte.encode() + _field_le(fb, b""))
     if additions:
         pos = scan.fields_end
         prefix = le if pos > part.header_start and raw[pos - 1 : pos] != b"\n" else b""

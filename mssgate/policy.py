@@ -119,8 +119,8 @@ def compile_policy(
         profiles[key] = profile
 
     for i, person in enumerate(document.people):
-        for j, bal in enumerate(person.bals):
-            expect(bal, mssante, ("people", i, "bals", j), "une BAL MSSanté est attendue")
+        for j, own_bal in enumerate(person.bals):
+            expect(own_bal, mssante, ("people", i, "bals", j), "une BAL MSSanté est attendue")
         for j, practice in enumerate(person.practices):
             loc: Location = ("people", i, "practices", j)
             preferred = practice.preferred_bal

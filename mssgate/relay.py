@@ -162,12 +162,14 @@ class SmtpRelay:
         self.config = config
         self.local_hostname = local_hostname
         self.credentials = credentials
+        self.tls_context: ssl.SSLContext | None = None
+        if config.tls is not TLSMode.NONE:
+            # Built once: certificate and host name verified, TLS 1.2 at least.
+            self.tls_context = ssl.create_default_context()
+            self.tls_context.minimum_version = ssl.TLSVersion.TLSv1_2
 
     def _client(self) -> aiosmtplib.SMTP:
         config = self.config
-        context = ssl.create_default_context() if config.tls is not TLSMode.NONE else None
-        if context is not None:
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
         return aiosmtplib.SMTP(
             hostname=config.host,
             port=config.port,
@@ -176,7 +178,7 @@ class SmtpRelay:
             timeout=config.timeout,
             use_tls=config.tls is TLSMode.IMPLICIT,
             start_tls=config.tls is TLSMode.STARTTLS,
-            tls_context=context,
+            tls_context=self.tls_context,
             username=self.credentials[0] if self.credentials else None,
             password=self.credentials[1] if self.credentials else None,
         )

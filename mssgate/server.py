@@ -30,7 +30,7 @@ _MARGIN = 15.0
 """Seconds left to answer the client after the upstream budget ran out."""
 
 
-class TransactionState(SmtpEnvelope):  # type: ignore[misc]
+class TransactionState(SmtpEnvelope):
     """aiosmtpd's envelope plus what mssgate remembers during one transaction."""
 
     def __init__(self) -> None:
@@ -39,7 +39,7 @@ class TransactionState(SmtpEnvelope):  # type: ignore[misc]
         self.refused: list[str] = []
 
 
-class GatewaySMTP(SMTP):  # type: ignore[misc]
+class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with mssgate's transaction state."""
 
     def _create_envelope(self) -> TransactionState:
@@ -177,7 +177,7 @@ class GatewayHandler:
             relay = self.relays[delivery.route]
             try:
                 outcome = await relay.deliver(
-                    envelope.mail_from if envelope.mail_from != "<>" else "",
+                    "" if envelope.mail_from in (None, "<>") else envelope.mail_from,
                     delivery,
                     tuple(envelope.mail_options),
                 )

@@ -63,7 +63,9 @@ redirects:
 """
 
 
-def policy_yaml(mssante_port: int = 2601, ordinary_port: int = 2602, extra: str = "") -> str:
+def policy_yaml(
+    mssante_port: int = 2601, ordinary_port: int = 2602, extra: str = "", timeout: float = 5
+) -> str:
     """A cabinet's policy whose two routes go to upstreams on 127.0.0.1 without TLS."""
     return f"""
 version: 1
@@ -74,17 +76,20 @@ listen:
   client_timeout: 60
 routes:
   mssante:
-    upstream: {{host: {LOOPBACK}, port: {mssante_port}, tls: none, timeout: 5}}
+    upstream: {{host: {LOOPBACK}, port: {mssante_port}, tls: none, timeout: {timeout}}}
   ordinary:
-    upstream: {{host: {LOOPBACK}, port: {ordinary_port}, tls: none, timeout: 5}}
+    upstream: {{host: {LOOPBACK}, port: {ordinary_port}, tls: none, timeout: {timeout}}}
 {PEOPLE}
 {extra}
 """
 
 
-def make_policy(mssante_port: int = 2601, ordinary_port: int = 2602, extra: str = "") -> Policy:
+def make_policy(
+    mssante_port: int = 2601, ordinary_port: int = 2602, extra: str = "", timeout: float = 5
+) -> Policy:
     """Compile :func:`policy_yaml`."""
-    return load_policy_text(policy_yaml(mssante_port, ordinary_port, extra), "test.yaml").policy
+    text = policy_yaml(mssante_port, ordinary_port, extra, timeout)
+    return load_policy_text(text, "test.yaml").policy
 
 
 @pytest.fixture
@@ -114,14 +119,17 @@ class Stack:
 
 @asynccontextmanager
 async def running_stack(
-    extra: str = "", decide_fn: DecideFn = decide, ordinary_port: int | None = None
+    extra: str = "",
+    decide_fn: DecideFn = decide,
+    ordinary_port: int | None = None,
+    timeout: float = 5,
 ) -> AsyncIterator[Stack]:
     """Two capture upstreams and a gateway routing to them, all on 127.0.0.1.
 
     ``ordinary_port`` points the ordinary route elsewhere (a closed port: upstream down).
     """
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
-        policy = make_policy(mssante.port, ordinary_port or ordinary.port, extra)
+        policy = make_policy(mssante.port, ordinary_port or ordinary.port, extra, timeout)
         routes = {
             Route.MSSANTE: policy.document.routes.mssante,
             Route.ORDINARY: policy.document.routes.ordinary,

@@ -43,7 +43,7 @@ def _policy(off: frozenset[str]):  # type: ignore[no-untyped-def]
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    sender=st.sampled_from(ADDRESSES + [""]),
+    sender=st.sampled_from([*ADDRESSES, ""]),
     rcpts=st.lists(st.sampled_from(ADDRESSES), min_size=1, max_size=6),
     visible=st.lists(st.sampled_from(ADDRESSES), max_size=3),
     off=st.frozensets(st.sampled_from(RULES)),

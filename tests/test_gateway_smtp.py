@@ -166,6 +166,14 @@ async def test_upstream_down_is_451() -> None:
     assert "injoignable" in result.text
 
 
+async def test_upstream_slower_than_its_budget_is_451() -> None:
+    async with running_stack(timeout=0.5) as stack:
+        stack.ordinary.behaviour.data_delay = 2
+        result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
+    assert result.code == 451
+    assert "4.4.2" in result.text or "lai" in result.text
+
+
 async def test_upstream_dropping_mid_data_is_4xx(stack: Stack) -> None:
     stack.ordinary.behaviour.drop_on_data = True
     result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
