@@ -18,7 +18,6 @@ import html
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from email.header import decode_header, make_header
 from email.utils import getaddresses
 from html.parser import HTMLParser
 
@@ -231,13 +230,42 @@ def _unfold(value: bytes) -> str:
     return _UNFOLD_RE.sub("", _bytes_to_str(value)).strip()
 
 
+_ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+_BETWEEN_WORDS_RE = re.compile(r"[ \t\r\n]*")
+
+
+def _decode_word(charset: str, encoding: str, text: str) -> str | None:
+    codec = _text_codec(charset.partition("*")[0])  # RFC 2231 language suffix
+    if codec is None:
+        return None
+    if encoding in "Bb":
+        data = _b64decode(text.encode("ascii", "replace"))
+    else:
+        data = binascii.a2b_qp(text.replace("_", " ").encode("ascii", "replace"))
+    try:
+        return data.decode(codec, "replace")
+    except Exception:
+        return None
+
+
 def _decode_2047(value: str) -> str:
+    """Decode RFC 2047 encoded words; whitespace between two adjacent words is dropped."""
     if "=?" not in value:
         return value
-    try:
-        return str(make_header(decode_header(value)))
-    except Exception:  # any malformed encoded word: keep the text as written
-        return value
+    out: list[str] = []
+    pos = 0
+    previous_end = -1
+    for m in _ENCODED_WORD_RE.finditer(value):
+        decoded = _decode_word(m.group(1), m.group(2), m.group(3))
+        if decoded is None:
+            continue
+        gap = value[pos : m.start()]
+        if not (previous_end == pos and _BETWEEN_WORDS_RE.fullmatch(gap)):
+            out.append(gap)
+        out.append(decoded)
+        pos = previous_end = m.end()
+    out.append(value[pos:])
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -847,11 +875,64 @@ class _Skip(Exception):
 
 
 @dataclass(slots=True)
-class _Edits:
-    items: list[tuple[int, int, int, bytes]]
+class _HeaderEnd:
+    """New lines for the end of one header block, and whether it needs its blank line."""
 
-    def replace(self, start: int, end: int, data: bytes, seq: int = 5) -> None:
-        self.items.append((start, end, seq, data))
+    le: bytes
+    lines: list[tuple[int, bytes]]
+    blank: bool
+
+
+@dataclass(slots=True)
+class _Edits:
+    """Byte splices of one rewrite: replacements, and insertions at header-block ends."""
+
+    replacements: list[tuple[int, int, bytes]]
+    header_ends: dict[int, _HeaderEnd]
+
+    def replace(self, start: int, end: int, data: bytes) -> None:
+        self.replacements.append((start, end, data))
+
+    def header_end(self, raw: bytes, part: Part, le: bytes) -> tuple[_HeaderScan, _HeaderEnd]:
+        """The insertion point at the end of ``part``'s header block."""
+        scan = _scan_header(raw, part.header_start, part.body_start, part.header_start == 0)
+        end = self.header_ends.get(scan.fields_end)
+        if end is None:
+            end = self.header_ends[scan.fields_end] = _HeaderEnd(le, [], not scan.had_blank)
+        return scan, end
+
+    def merge(self, other: _Edits) -> None:
+        self.replacements.extend(other.replacements)
+        for pos, end in other.header_ends.items():
+            mine = self.header_ends.get(pos)
+            if mine is None:
+                self.header_ends[pos] = end
+            else:
+                mine.lines.extend(end.lines)
+                mine.blank = mine.blank or end.blank
+
+    def apply(self, raw: bytes) -> bytes:
+        items: list[tuple[int, int, int, bytes]] = []
+        for pos, end in self.header_ends.items():
+            data = b"".join(line + end.le for _, line in sorted(end.lines, key=lambda x: x[0]))
+            if end.blank:
+                data += end.le
+            if data and pos > 0 and raw[pos - 1 : pos] == b"\r":
+                data = b"\n" + data  # the last header line ended the data with a bare CR
+            elif data and pos > 0 and raw[pos - 1 : pos] != b"\n":
+                data = end.le + data  # the last header line ended the data
+            items.append((pos, pos, 0, data))
+        items.extend((start, stop, 1, data) for start, stop, data in self.replacements)
+        out: list[bytes] = []
+        cursor = 0
+        for start, stop, _, data in sorted(items, key=lambda e: (e[0], e[2], e[1])):
+            if start < cursor:
+                raise _Skip("overlapping_edits")
+            out.append(raw[cursor:start])
+            out.append(data)
+            cursor = stop
+        out.append(raw[cursor:])
+        return b"".join(out)
 
 
 def _qp_encode(data: bytes, le: bytes) -> bytes:
@@ -936,9 +1017,9 @@ def _set_part_headers(
 ) -> None:
     """Edit only this part's Content-Type charset / Content-Transfer-Encoding lines."""
     raw = msg.raw
-    scan = _scan_header(raw, part.header_start, part.body_start, part.header_start == 0)
-    fields = _fields(raw, scan)
     le = _detect_le(raw[part.header_start : part.body_start], msg.line_ending)
+    scan, header_end = edits.header_end(raw, part, le)
+    fields = _fields(raw, scan)
     additions: list[bytes] = []
     if charset is not None:
         ct = next((f for f in fields if f.name.lower() == "content-type"), None)
@@ -949,7 +1030,12 @@ def _set_part_headers(
         else:
             fb = raw[ct.start : ct.end]
             pm = re.search(rb'(?i)(;\s*charset\s*=\s*)("[^"]*"|[^\s;()]*)', fb)
-            if pm:
+            if _parse_structured(_unfold(ct.value))[0] != part.content_type:
+                # an invalid Content-Type read as text/plain: write a valid one
+                name = fb.split(b":", 1)[0]
+                value = part.content_type.encode() + b"; charset=" + charset.encode()
+                new = name + b": " + value + _field_le(fb, b"")
+            elif pm:
                 new = fb[: pm.start(2)] + charset.encode() + fb[pm.end(2) :]
             else:
                 body = fb.rstrip(b"\r\n")
@@ -963,12 +1049,7 @@ def _set_part_headers(
             fb = raw[cf.start : cf.end]
             name = fb.split(b":", 1)[0]
             edits.replace(cf.start, cf.end, name + b": " + cte.encode() + _field_le(fb, b""))
-    if additions:
-        pos = scan.fields_end
-        prefix = le if pos > part.header_start and raw[pos - 1 : pos] != b"\n" else b""
-        edits.replace(pos, pos, prefix + b"".join(a + le for a in additions), seq=1)
-        if not scan.had_blank:
-            edits.replace(pos, pos, le, seq=3)
+    header_end.lines.extend((1, line) for line in additions)
 
 
 def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> None:
@@ -1022,9 +1103,8 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
         new_body = _b64_encode(new_decoded, raw_le)
         if not body.endswith(b"\n"):
             new_body = new_body[: -len(raw_le)] if new_body.endswith(raw_le) else new_body
-    edits.replace(part.body_start, part.body_end, new_body, seq=5)
-    if new_charset is not None or new_cte is not None:
-        _set_part_headers(msg, part, edits, charset=new_charset, cte=new_cte)
+    edits.replace(part.body_start, part.body_end, new_body)
+    _set_part_headers(msg, part, edits, charset=new_charset, cte=new_cte)
 
 
 _BODY_CLOSE_RE = re.compile(rb"</body\s*>", re.IGNORECASE)
@@ -1063,20 +1143,8 @@ def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) 
         new_body = _b64_encode(new_decoded, raw_le)
         if not body.endswith(b"\n"):
             new_body = new_body[: -len(raw_le)] if new_body.endswith(raw_le) else new_body
-    edits.replace(part.body_start, part.body_end, new_body, seq=5)
-
-
-def _apply(raw: bytes, items: list[tuple[int, int, int, bytes]]) -> bytes:
-    out: list[bytes] = []
-    pos = 0
-    for start, end, _, data in sorted(items, key=lambda e: (e[0], e[2], e[1])):
-        if start < pos:
-            raise _Skip("overlapping_edits")
-        out.append(raw[pos:start])
-        out.append(data)
-        pos = end
-    out.append(raw[pos:])
-    return b"".join(out)
+    edits.replace(part.body_start, part.body_end, new_body)
+    _set_part_headers(msg, part, edits, charset=None, cte=None)
 
 
 def add_signature(
@@ -1120,11 +1188,14 @@ def _add_signature(
         return SignatureResult(msg.raw, False, "already_signed")
     if not parts:
         return SignatureResult(msg.raw, False, "no_body_part")
-    edits = _Edits([])
+    edits = _Edits([], {})
     done = 0
     skipped: list[str] = []
     for part in parts:
-        attempt = _Edits([])
+        attempt = _Edits([], {})
+        if part.header_start > 0 and msg.raw[part.header_start - 1] != 0x0A:
+            skipped.append("malformed_part")  # e.g. a delimiter line that ends the data
+            continue
         try:
             if part.content_type == "text/html":
                 _rewrite_html(msg, part, html_fragment, attempt)
@@ -1133,20 +1204,11 @@ def _add_signature(
         except _Skip as skip:
             skipped.append(str(skip))
             continue
-        edits.items.extend(attempt.items)
+        edits.merge(attempt)
         done += 1
     if not done:
         return SignatureResult(msg.raw, False, skipped[0] if skipped else "no_body_part")
     if marker is not None:
-        raw = msg.raw
-        root = msg.root
-        scan = _scan_header(raw, root.header_start, root.body_start, True)
-        le = msg.line_ending
-        pos = scan.fields_end
-        already = any(e[0] == pos and e[2] == 1 for e in edits.items)
-        prefix = le if pos > 0 and raw[pos - 1 : pos] != b"\n" and not already else b""
-        line = f"{marker[0]}: {marker[1]}".encode()
-        edits.replace(pos, pos, prefix + line + le, seq=2)
-        if not scan.had_blank and not any(e[0] == pos and e[2] == 3 for e in edits.items):
-            edits.replace(pos, pos, le, seq=3)
-    return SignatureResult(_apply(msg.raw, edits.items), True, "added")
+        _, header_end = edits.header_end(msg.raw, msg.root, msg.line_ending)
+        header_end.lines.append((2, f"{marker[0]}: {marker[1]}".encode()))
+    return SignatureResult(edits.apply(msg.raw), True, "added")
