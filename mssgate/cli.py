@@ -77,6 +77,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # aiosmtpd logs every command (addresses, patient INS) and, at DEBUG, every DATA line:
+    # health data must not reach a log.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
         loaded = _load(args.config)
         asyncio.run(_serve(loaded, args.host, args.port))

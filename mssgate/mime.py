@@ -1052,7 +1052,20 @@ def _set_part_headers(
     header_end.lines.extend((1, line) for line in additions)
 
 
-def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> None:
+@dataclass(frozen=True, slots=True)
+class _TextBody:
+    """A text part's body as found (encoded) and decoded, with its codec and line endings."""
+
+    cte: str
+    body: bytes
+    decoded: bytes
+    codec: str
+    raw_le: bytes
+    le: bytes
+
+
+def _text_body(msg: ParsedMessage, part: Part) -> _TextBody:
+    """Decode a text part for rewriting, or skip it (unknown encoding or charset)."""
     cte = part.transfer_encoding
     body = msg.raw[part.body_start : part.body_end]
     decoded = _decode_cte(body, cte)
@@ -1062,7 +1075,27 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
     if codec is None or not _ascii_compatible(codec):
         raise _Skip("unsupported_charset")
     raw_le = _detect_le(body, msg.line_ending)
-    le = _detect_le(decoded, raw_le)
+    return _TextBody(cte, body, decoded, codec, raw_le, _detect_le(decoded, raw_le))
+
+
+def _encode_body(tb: _TextBody, new_decoded: bytes, cte: str) -> bytes:
+    """Encode a rewritten body with ``cte``, keeping the original's final line ending."""
+    if cte in ("7bit", "8bit", "binary"):
+        return new_decoded
+    if cte == "quoted-printable":
+        new_body = _qp_encode(new_decoded, tb.raw_le)
+        if tb.body.endswith(b"\n") and not new_body.endswith(tb.raw_le):
+            new_body += tb.raw_le
+        return new_body
+    new_body = _b64_encode(new_decoded, tb.raw_le)
+    if not tb.body.endswith(b"\n") and new_body.endswith(tb.raw_le):
+        new_body = new_body[: -len(tb.raw_le)]
+    return new_body
+
+
+def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> None:
+    tb = _text_body(msg, part)
+    cte, body, decoded, codec, le = tb.cte, tb.body, tb.decoded, tb.codec, tb.le
     flowed = part.params.get("format", "").strip().lower() == "flowed"
     les = le.decode("ascii")
     sig = les.join(_signature_lines(text, flowed))
@@ -1093,16 +1126,10 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
     if cte == "7bit" and not sig_bytes.isascii():
         new_cte = "quoted-printable"
     out_cte = new_cte or cte
-    if out_cte in ("7bit", "8bit", "binary"):
-        new_body = body + sig_bytes if new_charset is None else new_decoded
-    elif out_cte == "quoted-printable":
-        new_body = _qp_encode(new_decoded, raw_le)
-        if body.endswith(b"\n") and not new_body.endswith(raw_le):
-            new_body += raw_le
-    else:  # base64
-        new_body = _b64_encode(new_decoded, raw_le)
-        if not body.endswith(b"\n"):
-            new_body = new_body[: -len(raw_le)] if new_body.endswith(raw_le) else new_body
+    if out_cte in ("7bit", "8bit", "binary") and new_charset is None:
+        new_body = body + sig_bytes  # the original bytes stay as they were, signature appended
+    else:
+        new_body = _encode_body(tb, new_decoded, out_cte)
     edits.replace(part.body_start, part.body_end, new_body)
     _set_part_headers(msg, part, edits, charset=new_charset, cte=new_cte)
 
@@ -1111,16 +1138,8 @@ _BODY_CLOSE_RE = re.compile(rb"</body\s*>", re.IGNORECASE)
 
 
 def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) -> None:
-    cte = part.transfer_encoding
-    body = msg.raw[part.body_start : part.body_end]
-    decoded = _decode_cte(body, cte)
-    if decoded is None:
-        raise _Skip("unsupported_encoding")
-    codec = _part_codec(part)
-    if codec is None or not _ascii_compatible(codec):
-        raise _Skip("unsupported_charset")
-    raw_le = _detect_le(body, msg.line_ending)
-    le = _detect_le(decoded, raw_le)
+    tb = _text_body(msg, part)
+    cte, decoded, codec, le = tb.cte, tb.decoded, tb.codec, tb.le
     if not fragment.strip():
         raise _Skip("empty_signature")
     frag = fragment.replace("\r\n", "\n").replace("\r", "\n").replace("\n", le.decode())
@@ -1133,17 +1152,7 @@ def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) 
     else:
         sep = b"" if not decoded or decoded.endswith(b"\n") else le
         new_decoded = decoded + sep + frag_bytes
-    if cte in ("7bit", "8bit", "binary"):
-        new_body = new_decoded
-    elif cte == "quoted-printable":
-        new_body = _qp_encode(new_decoded, raw_le)
-        if body.endswith(b"\n") and not new_body.endswith(raw_le):
-            new_body += raw_le
-    else:
-        new_body = _b64_encode(new_decoded, raw_le)
-        if not body.endswith(b"\n"):
-            new_body = new_body[: -len(raw_le)] if new_body.endswith(raw_le) else new_body
-    edits.replace(part.body_start, part.body_end, new_body)
+    edits.replace(part.body_start, part.body_end, _encode_body(tb, new_decoded, cte))
     _set_part_headers(msg, part, edits, charset=None, cte=None)
 
 
