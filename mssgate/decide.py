@@ -44,10 +44,12 @@ MESSAGE_RULES: tuple[Rule, ...] = (
 
 
 def _first_verdict(rules: tuple[Rule, ...], policy: Policy, tx: Transaction) -> Verdict | None:
+    """The first rule's refusal, its text followed by the rule's name (for IT's support)."""
     for rule in rules:
         verdict = rule(policy, tx)
         if verdict is not None:
-            return verdict
+            tag = render(policy.document.messages.rule_tag, rule=verdict.rule)
+            return replace(verdict, reply=verdict.reply + tag)
     return None
 
 

@@ -839,6 +839,15 @@ def _safe_addrs(values: list[str]) -> list[str]:
         return []
 
 
+_OPAQUE_DEFECTS = ("depth limit", "encoded container kept opaque", "parser error")
+
+
+def structure_is_opaque(msg: ParsedMessage) -> bool:
+    """True when part of the message could not be looked into (too deep, an encoded container,
+    a parser failure): a rule that must prove the absence of something cannot."""
+    return any(d.startswith(_OPAQUE_DEFECTS) for d in msg.defects)
+
+
 def has_mssante_markers(msg: ParsedMessage) -> bool:
     """True when the message carries MSSanté health-data markers (X-MSS-* or IHE_XDM.ZIP)."""
     for part in walk(msg.root):

@@ -57,6 +57,7 @@ PlainText = Annotated[str, AfterValidator(allowing())]
 RouteText = Annotated[str, AfterValidator(allowing("route"))]
 UpstreamText = Annotated[str, AfterValidator(allowing("route", "upstream"))]
 MaxText = Annotated[str, AfterValidator(allowing("max"))]
+RuleText = Annotated[str, AfterValidator(allowing("rule"))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +333,11 @@ class ForwardsRule(StrictModel):
         "Envoi refusé : ce message transfère ou redirige un contenu MSSanté ({origin}) vers des "
         "adresses non MSSanté ({ordinary}). Transférez uniquement vers une adresse MSSanté."
     )
+    reply_unverifiable: ForwardText = (
+        "Envoi refusé : la structure de ce message (imbrication trop profonde ou message joint "
+        "encodé) ne permet pas de vérifier qu'il ne contient pas de message MSSanté ; "
+        "destinataires non MSSanté : {ordinary}."
+    )
 
 
 class PatientsRule(StrictModel):
@@ -383,6 +389,8 @@ class MessagesConfig(StrictModel):
         "Relais refusé : ce poste n'est pas autorisé à utiliser mssgate."
     )
     too_many_recipients: MaxText = "Trop de destinataires ({max} au plus par message)."
+    rule_tag: RuleText = " [règle {rule}]"
+    """Appended to every refusal: the mail client shows which rule refused."""
 
 
 SIGNATURE_VARS = ("name", "place", "preferred_bal")

@@ -115,7 +115,7 @@ class GatewayHandler:
         mail_from = "" if address == "<>" else address
         verdict = check_sender(policy, mail_from) if mail_from else None
         if verdict is not None:
-            log.info("MAIL FROM refused by %s", verdict.rule)
+            log.info("%s MAIL FROM refused by %s", session.peer, verdict.rule)
             return self._verdict_reply(verdict, envelope)
         envelope.mail_from = mail_from or "<>"
         envelope.mail_options.extend(mail_options)
@@ -142,7 +142,7 @@ class GatewayHandler:
         verdict = check_recipient(policy, current, address)
         if verdict is not None:
             envelope.refused.append(address)
-            log.info("RCPT refused by %s", verdict.rule)
+            log.info("%s RCPT refused by %s", session.peer, verdict.rule)
             return self._verdict_reply(verdict, envelope)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -157,11 +157,11 @@ class GatewayHandler:
         try:
             decision = self.decide_fn(policy, self._envelope(envelope, attempted), raw)
         except Exception:
-            log.exception("filter failed; message not relayed (451)")
+            log.exception("%s filter failed; message not relayed (451)", session.peer)
             return self._reply(451, "4.3.0", messages.tempfail, envelope)
 
         if decision.action is not Action.ACCEPT:
-            log.info("message refused by %s", decision.rule)
+            log.info("%s message refused by %s", session.peer, decision.rule)
             return self._reply(decision.smtp_code, decision.enhanced_code, decision.reply, envelope)
         if envelope.refused:
             # The client went on after a refused RCPT: nothing goes to anyone.
@@ -182,11 +182,14 @@ class GatewayHandler:
                     tuple(envelope.mail_options),
                 )
             except RelayFailure as failure:
-                log.warning("relay to %s failed: %s", delivery.route.value, failure.code)
+                log.warning(
+                    "%s relay to %s failed: %s", session.peer, delivery.route.value, failure.code
+                )
                 return self._reply(failure.code, failure.enhanced, failure.text, envelope)
             details.append(outcome.detail)
         log.info(
-            "message relayed via %s%s",
+            "%s message relayed via %s%s",
+            session.peer,
             "+".join(d.route.value for d in decision.deliveries),
             " (signature added)" if decision.signature_added else "",
         )

@@ -333,7 +333,7 @@ def test_reply_texts_come_from_the_policy() -> None:
     decision = decide(
         policy, Envelope(DR_MARTIN_BAL, (CONFRERE, GMAIL)), _msg(DR_MARTIN_BAL, (CONFRERE,))
     )
-    assert decision.reply == f"Pas de melange : {CONFRERE} / {GMAIL}"
+    assert decision.reply == f"Pas de melange : {CONFRERE} / {GMAIL} [règle mixed_recipients]"
 
 
 def test_rcpt_time_checks_follow_the_accepted_recipients(policy: Policy) -> None:
@@ -349,3 +349,53 @@ def test_null_sender_is_judged_by_its_header_from(policy: Policy) -> None:
     raw = _msg(DR_MARTIN_BAL, (GMAIL,))
     decision = decide(policy, Envelope("", (GMAIL,)), raw)
     assert decision.action is Action.REJECT and decision.rule == "trust_space"
+
+
+def _nested(depth: int, inner: bytes) -> bytes:
+    """``inner`` wrapped in ``depth`` levels of multipart/mixed."""
+    raw = inner
+    for level in range(depth):
+        b = f"b{level}".encode()
+        raw = (
+            b'Content-Type: multipart/mixed; boundary="'
+            + b
+            + b'"\r\n\r\n--'
+            + b
+            + b"\r\n"
+            + raw
+            + b"\r\n--"
+            + b
+            + b"--\r\n"
+        )
+    return raw
+
+
+def test_a_structure_too_deep_to_verify_fails_closed(policy: Policy) -> None:
+    hidden = forwarded_attachment(DR_MARTIN, GMAIL, CONFRERE).split(b"\r\n\r\n", 1)[1]
+    inner = b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n' + hidden
+    raw = f"From: {DR_MARTIN}\r\nTo: {GMAIL}\r\nSubject: x\r\nMIME-Version: 1.0\r\n".encode()
+    raw += _nested(40, inner)
+    decision = decide(policy, Envelope(DR_MARTIN, (GMAIL,)), raw)
+    assert decision.action is Action.REJECT and decision.rule == "forwards"
+    # The same forward at a depth the parser reads is named precisely.
+    shallow = f"From: {DR_MARTIN}\r\nTo: {GMAIL}\r\nSubject: x\r\n".encode() + _nested(3, inner)
+    decision = decide(policy, Envelope(DR_MARTIN, (GMAIL,)), shallow)
+    assert decision.rule == "forwards" and CONFRERE in decision.reply
+
+
+def test_base64_encoded_attached_message_fails_closed(policy: Policy) -> None:
+    import base64
+
+    inner = base64.encodebytes(f"From: {CONFRERE}\r\nSubject: r\r\n\r\nHbA1c\r\n".encode())
+    raw = (
+        (
+            f"From: {DR_MARTIN}\r\nTo: {GMAIL}\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="x"\r\n\r\n--x\r\n'
+            "Content-Type: text/plain\r\n\r\nVoir PJ\r\n--x\r\nContent-Type: message/rfc822\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode()
+        + inner
+        + b"--x--\r\n"
+    )
+    decision = decide(policy, Envelope(DR_MARTIN, (GMAIL,)), raw)
+    assert decision.action is Action.REJECT and decision.rule == "forwards"

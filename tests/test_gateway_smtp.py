@@ -7,6 +7,8 @@ import email
 import email.policy
 import smtplib
 
+import pytest
+
 from mssgate.model import Decision, Envelope
 from mssgate.policy import Policy
 from tests.conftest import Stack, running_stack
@@ -210,3 +212,17 @@ async def test_non_loopback_clients_need_client_networks() -> None:
         session = type("S", (), {"peer": ("192.0.2.10", 4000)})()
         allowed = GatewayHandler._client_allowed(stack.policy, session)  # type: ignore[arg-type]
     assert allowed is False
+
+
+async def test_exception_in_a_hook_is_451_not_500(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mssgate.server
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("classifier failure")
+
+    monkeypatch.setattr(mssgate.server, "check_recipient", broken)
+    result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
+    assert result.code == 451
+    assert stack.delivered() == 0
