@@ -18,13 +18,15 @@ from mssgate.rules.addresses import check_lookalikes, check_syntax
 from mssgate.rules.forwards import check_forwards
 from mssgate.rules.mixing import check_mixed_recipients
 from mssgate.rules.patients import check_patient_addresses, check_patient_messages
+from mssgate.rules.senders import check_sender_authorization
 from mssgate.rules.trust_space import check_trust_space
 from mssgate.texts import render
 from mssgate.transaction import Transaction, build_transaction, in_trust_space
 
-SENDER_RULES: tuple[Rule, ...] = (check_syntax, check_lookalikes)
+SENDER_RULES: tuple[Rule, ...] = (check_syntax, check_sender_authorization, check_lookalikes)
 ENVELOPE_RULES: tuple[Rule, ...] = (
     check_syntax,
+    check_sender_authorization,
     check_lookalikes,
     check_patient_addresses,
     check_mixed_recipients,
@@ -34,6 +36,7 @@ ENVELOPE_RULES: tuple[Rule, ...] = (
 # forwards rule's text says what really happened.
 MESSAGE_RULES: tuple[Rule, ...] = (
     check_syntax,
+    check_sender_authorization,
     check_lookalikes,
     check_patient_addresses,
     check_mixed_recipients,
@@ -53,9 +56,9 @@ def _first_verdict(rules: tuple[Rule, ...], policy: Policy, tx: Transaction) -> 
     return None
 
 
-def check_sender(policy: Policy, mail_from: str) -> Verdict | None:
+def check_sender(policy: Policy, mail_from: str, auth_user: str | None = None) -> Verdict | None:
     """The refusal of a MAIL FROM address, or None when it may go on."""
-    tx = build_transaction(policy, Envelope(mail_from=mail_from, rcpt_tos=()))
+    tx = build_transaction(policy, Envelope(mail_from=mail_from, rcpt_tos=(), auth_user=auth_user))
     return _first_verdict(SENDER_RULES, policy, tx)
 
 

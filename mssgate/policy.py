@@ -42,6 +42,16 @@ class SenderProfile:
 
 
 @dataclass(frozen=True, slots=True)
+class UserAccount:
+    """An SMTP AUTH login and the sender addresses it may use."""
+
+    login: str
+    password_hash: str
+    allowed_senders: frozenset[str]
+    """Lower-cased addresses: own BALs, practices' addresses, held or delegated shared BALs."""
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A policy ready for decisions: the document and its precomputed lookups."""
 
@@ -51,6 +61,8 @@ class Policy:
     """Lower-cased ordinary sender address -> what its signature advertises."""
     copies: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     """Lower-cased MSSanté sender -> MSSanté addresses that get a copy of what it sends."""
+    users: Mapping[str, UserAccount] = field(default_factory=lambda: MappingProxyType({}))
+    """Login -> account."""
 
     def classify(self, address: str) -> Classification:
         """Classify one address with this policy's domain lists."""
@@ -152,6 +164,7 @@ def compile_policy(
         if redirect.kind == "copy":
             copies.setdefault(source, []).append(target)
 
+    users = _user_accounts(document, domains, problems)
     if problems:
         raise PolicyError(problems)
     return Policy(
@@ -159,4 +172,38 @@ def compile_policy(
         domains=domains,
         profiles=MappingProxyType(profiles),
         copies=MappingProxyType({k: tuple(v) for k, v in copies.items()}),
+        users=MappingProxyType(users),
     )
+
+
+def _person_senders(document: PolicyDocument) -> dict[str, set[str]]:
+    """Person id -> the addresses that person may send as."""
+    senders: dict[str, set[str]] = {p.id: set() for p in document.people}
+    for person in document.people:
+        own = senders[person.id]
+        own.update(b.lower() for b in person.bals)
+        for practice in person.practices:
+            own.update(a.lower() for a in practice.addresses)
+    for bal in document.shared_bals:
+        for who in (*bal.co_holders, *bal.delegates):
+            senders[who].add(bal.address.lower())
+            senders[who].update(a.lower() for a in bal.addresses)
+    return senders
+
+
+def _user_accounts(
+    document: PolicyDocument, domains: DomainSets, problems: list[tuple[Location, str]]
+) -> dict[str, UserAccount]:
+    by_person = _person_senders(document)
+    accounts: dict[str, UserAccount] = {}
+    for i, user in enumerate(document.users):
+        allowed = set(by_person.get(user.person, set()) if user.person else set())
+        for j, address in enumerate(user.senders):
+            found = classify_address(address, domains)
+            if found.kind is AddressClass.INVALID:
+                problems.append((("users", i, "senders", j), f"{address} : adresse invalide"))
+            allowed.add(address.lower())
+        if not allowed:
+            problems.append((("users", i), f"{user.login} ne peut envoyer en tant que personne"))
+        accounts[user.login] = UserAccount(user.login, user.password_hash, frozenset(allowed))
+    return accounts

@@ -58,14 +58,38 @@ RouteText = Annotated[str, AfterValidator(allowing("route"))]
 UpstreamText = Annotated[str, AfterValidator(allowing("route", "upstream"))]
 MaxText = Annotated[str, AfterValidator(allowing("max"))]
 RuleText = Annotated[str, AfterValidator(allowing("rule"))]
+SenderText = Annotated[str, AfterValidator(allowing("user", "address"))]
 
 
 # ---------------------------------------------------------------------------------------------
 # Listener and routes
 
 
+class ListenTLS(StrictModel):
+    """The listener's certificate: STARTTLS on the main port, optionally implicit TLS."""
+
+    cert_file: NonEmptyStr
+    key_file: NonEmptyStr
+    implicit_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """A second port where the connection starts in TLS (port 465 style); 0 picks one."""
+    required: bool = True
+    """Clients that are not on loopback must STARTTLS before MAIL FROM."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class AuthFailures(StrictModel):
+    """Failed AUTH attempts from one client address: slowed down, then refused."""
+
+    free_attempts: Annotated[int, Field(ge=0, le=100)] = 2
+    """Failures answered at once; after that each answer waits ``delay`` seconds more."""
+    delay: Annotated[float, Field(ge=0, le=60)] = 2.0
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 6
+    """Failures after which AUTH is refused to that address until ``window`` has passed."""
+    window: Annotated[float, Field(gt=0)] = 900.0
+
+
 class ListenConfig(StrictModel):
-    """Where mssgate accepts mail from the practice's clients."""
+    """Where mssgate accepts mail from the practice's clients, and its limits."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 2525
@@ -73,11 +97,24 @@ class ListenConfig(StrictModel):
     hostname: NonEmptyStr = "mssgate.localdomain"
     """The name in the 220 banner and in EHLO towards the upstreams."""
     client_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    """Networks allowed to relay through mssgate (loopback is always allowed)."""
+    """Networks allowed to relay through mssgate without AUTH."""
+    trust_loopback: bool = True
+    """Clients on this machine may relay without AUTH (a cabinet's single computer)."""
+    tls: ListenTLS | None = None
+    auth_without_tls_on_loopback: bool = False
+    """Offer AUTH on loopback connections without TLS (tests, a local submission agent)."""
     max_message_size: Annotated[int, Field(ge=1024)] = 35 * 1024 * 1024
     max_recipients: Annotated[int, Field(ge=1, le=10000)] = 100
+    max_header_size: Annotated[int, Field(ge=1024)] = 256 * 1024
+    max_line_length: Annotated[int, Field(ge=1000, le=1024 * 1024)] = 8192
+    """Longest line accepted in DATA, CRLF included (RFC 5321 says 1000; clients exceed it)."""
+    max_connections: Annotated[int, Field(ge=1, le=100000)] = 200
+    max_connections_per_client: Annotated[int, Field(ge=1, le=100000)] = 20
     client_timeout: Annotated[float, Field(gt=0)] = 300.0
-    """Seconds a client may stay idle, and the budget of one DATA (reading + relay)."""
+    """Seconds a client may take for one command (and stay idle between two)."""
+    data_timeout: Annotated[float, Field(gt=0)] = 600.0
+    """Seconds a client may take to send the whole message after DATA."""
+    auth_failures: AuthFailures = AuthFailures()
 
     @field_validator("host")
     @classmethod
@@ -94,15 +131,6 @@ class ListenConfig(StrictModel):
     def is_loopback_only(self) -> bool:
         """True when the listener accepts connections from this machine only."""
         return ipaddress.ip_address(self.host).is_loopback
-
-    @model_validator(mode="after")
-    def _never_an_open_relay(self) -> ListenConfig:
-        if not self.is_loopback_only and not self.client_networks:
-            raise ValueError(
-                "écoute sur une adresse non locale sans client_networks : "
-                "mssgate serait un relais ouvert"
-            )
-        return self
 
 
 class TLSMode(StrEnum):
@@ -129,6 +157,14 @@ class UpstreamConfig(StrictModel):
     """The login, when it is not a secret (the password never goes here)."""
     timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
     """Budget in seconds of one whole upstream transaction (connect to end of DATA)."""
+    ca_file: str | None = None
+    """CA certificates to verify the upstream with (e.g. IGC-Santé), instead of the system's."""
+    client_cert: str | None = None
+    """Certificate presented to the upstream (MSSanté operators authenticate software so)."""
+    client_key: str | None = None
+    verify: bool = True
+    """Verify the upstream's certificate and host name. ``false`` is logged at every start."""
+    min_tls_version: Literal["1.2", "1.3"] = "1.2"
 
     @model_validator(mode="after")
     def _credentials_consistent(self) -> UpstreamConfig:
@@ -140,6 +176,10 @@ class UpstreamConfig(StrictModel):
             raise ValueError("un identifiant exige un mot de passe, et inversement")
         if self.username_env and self.username:
             raise ValueError("username et username_env sont exclusifs")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert et client_key vont ensemble")
+        if self.tls is TLSMode.NONE and (self.client_cert or self.ca_file):
+            raise ValueError("un certificat n'a de sens qu'avec tls: starttls ou implicit")
         return self
 
 
@@ -253,6 +293,38 @@ class SharedBal(StrictModel):
         if both:
             raise ValueError(f"à la fois cotitulaire et délégataire : {sorted(both)}")
         return self
+
+
+class User(StrictModel):
+    """A login for SMTP AUTH, tied to a person whose BALs and addresses it may send as."""
+
+    login: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@+-]{1,128}$")]
+    person: str | None = None
+    """Id of the person (``people``): their BALs, their practices' addresses, and the shared
+    BALs where they are a co-holder or a delegate become this user's allowed senders."""
+    password_hash: Annotated[str, Field(pattern=r"^\$argon2(id|i|d)\$")]
+    """An argon2 hash (``mssgate hash-password``); never the password itself."""
+    senders: tuple[NonEmptyStr, ...] = ()
+    """Further sender addresses this user may use (an applicative BAL...)."""
+
+
+class DnsCheckConfig(StrictModel):
+    """Refuse recipient domains that do not exist (MX, else A/AAAA), before relaying."""
+
+    enabled: bool = True
+    nameservers: tuple[str, ...] = ()
+    """``ip`` or ``ip:port``; empty: the system's resolvers."""
+    timeout: Annotated[float, Field(gt=0, le=30)] = 3.0
+    cache_ttl: Annotated[float, Field(ge=0)] = 3600.0
+    negative_ttl: Annotated[float, Field(ge=0)] = 300.0
+
+
+class PrivacyConfig(StrictModel):
+    """What reaches the logs."""
+
+    pseudonym_key_env: str = "MSSGATE_PSEUDONYM_KEY"
+    """Environment variable holding the key of the INS pseudonyms in logs; unset: a random key
+    per process (pseudonyms then change at each start)."""
 
 
 class Redirect(StrictModel):
@@ -389,6 +461,18 @@ class MessagesConfig(StrictModel):
         "Relais refusé : ce poste n'est pas autorisé à utiliser mssgate."
     )
     too_many_recipients: MaxText = "Trop de destinataires ({max} au plus par message)."
+    sender_not_allowed: SenderText = (
+        "Expéditeur refusé : {user} n'est pas autorisé à envoyer en tant que {address}."
+    )
+    auth_required: PlainText = "Authentification requise (ou réseau autorisé)."
+    tls_required: PlainText = "Chiffrement requis : lancez STARTTLS d'abord."
+    header_too_large: PlainText = "En-têtes du message trop volumineux."
+    domain_missing: AddressOnlyText = (
+        "Adresse refusée : le domaine de {address} n'existe pas (faute de frappe ?)."
+    )
+    dns_tempfail: AddressOnlyText = (
+        "Vérification du domaine de {address} impossible pour l'instant ; réessayez plus tard."
+    )
     rule_tag: RuleText = " [règle {rule}]"
     """Appended to every refusal: the mail client shows which rule refused."""
 
@@ -428,6 +512,24 @@ class PolicyDocument(StrictModel):
     rules: RulesConfig = RulesConfig()
     signature: SignatureConfig = SignatureConfig()
     messages: MessagesConfig = MessagesConfig()
+    users: tuple[User, ...] = ()
+    dns_check: DnsCheckConfig | None = None
+    privacy: PrivacyConfig = PrivacyConfig()
+
+    @model_validator(mode="after")
+    def _never_an_open_relay(self) -> PolicyDocument:
+        listen = self.listen
+        if not listen.is_loopback_only and not listen.client_networks and not self.users:
+            raise ValueError(
+                "listen : écoute sur une adresse non locale sans client_networks ni users : "
+                "mssgate serait un relais ouvert"
+            )
+        if self.users and not listen.is_loopback_only and listen.tls is None:
+            raise ValueError(
+                "listen.tls : des utilisateurs (AUTH) sans TLS enverraient leurs mots de passe "
+                "en clair"
+            )
+        return self
 
     @model_validator(mode="after")
     def _timeouts_ordered(self) -> PolicyDocument:
@@ -443,11 +545,17 @@ class PolicyDocument(StrictModel):
 
     @model_validator(mode="after")
     def _references(self) -> PolicyDocument:
+        logins = [u.login for u in self.users]
+        if len(set(logins)) != len(logins):
+            raise ValueError("users : identifiant de connexion en double")
         ids = [p.id for p in self.people]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"identifiants de personnes en double : {dup}")
         known = set(ids)
+        for user in self.users:
+            if user.person is not None and user.person not in known:
+                raise ValueError(f"users : {user.login} renvoie à une personne inconnue")
         with_rpps = {p.id for p in self.people if p.rpps}
         for bal in self.shared_bals:
             for who in (*bal.co_holders, *bal.delegates):

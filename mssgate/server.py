@@ -4,30 +4,57 @@ It keeps per-transaction state (the policy in force when the transaction started
 refused at RCPT time), asks the core for decisions, and answers the client only once every
 upstream accepted the message. Anything unexpected becomes a ``451`` (the client retries),
 never aiosmtpd's permanent ``500`` and never an unfiltered relay.
+
+It also holds the listener's defences: TLS (STARTTLS and implicit), AUTH only over TLS,
+sender authorisation, connection limits per client and in total, command and DATA timeouts,
+header and line size limits, and slowed-down then refused failed AUTH attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import ipaddress
 import logging
-from collections.abc import Callable, Mapping
+import os
+import ssl
+from base64 import b64decode
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from mssgate.auth import AuthThrottle, verify_password
 from mssgate.decide import check_recipient, check_sender, decide
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
+from mssgate.privacy import pseudonymise
 from mssgate.relay import Relay, RelayFailure
+from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
 
 log = logging.getLogger("mssgate.server")
 
 DecideFn = Callable[[Policy, Envelope, bytes], Decision]
+DomainCheckFn = Callable[[str], Awaitable[str]]
+"""Recipient domain -> ``"exists"``, ``"missing"`` or ``"tempfail"``."""
+
 _MARGIN = 15.0
 """Seconds left to answer the client after the upstream budget ran out."""
+_CALL_LIMITS = {
+    "NOOP": 100,
+    "RSET": 200,
+    "VRFY": 10,
+    "EXPN": 10,
+    "HELP": 10,
+    "HELO": 20,
+    "EHLO": 20,
+    "AUTH": 20,
+    "STARTTLS": 5,
+    "*": 1_000_000,
+}
+"""Commands a session may repeat before it is closed (floods of cheap commands)."""
 
 
 class TransactionState(SmtpEnvelope):
@@ -37,37 +64,142 @@ class TransactionState(SmtpEnvelope):
         super().__init__()
         self.policy: Policy | None = None
         self.refused: list[str] = []
+        self.tempfailed: list[str] = []
 
 
-class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with mssgate's transaction state."""
-
-    def _create_envelope(self) -> TransactionState:
-        return TransactionState()
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _peer_ip(session: Session) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    peer = getattr(session, "peer", None)
+def session_peer(server: SMTP) -> Any:
+    """The connection's ``peer`` (address, port), or None before the session exists."""
+    return server.session.peer if server.session is not None else None
+
+
+def peer_ip(peer: Any) -> IPAddress | None:
+    """The client's IP address from aiosmtpd's ``session.peer``."""
     if not isinstance(peer, tuple) or not peer:
         return None
     try:
-        return ipaddress.ip_address(peer[0])
+        return ipaddress.ip_address(str(peer[0]).split("%")[0])
     except ValueError:
         return None
 
 
+class ConnectionCounter:
+    """Open connections, in total and per client address."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.per_client: dict[str, int] = {}
+
+    def try_open(self, client: str, listen: ListenConfig) -> bool:
+        """Count a new connection, or refuse it when a limit is reached."""
+        if self.total >= listen.max_connections:
+            return False
+        if self.per_client.get(client, 0) >= listen.max_connections_per_client:
+            return False
+        self.total += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        return True
+
+    def close(self, client: str) -> None:
+        """Release a counted connection."""
+        self.total -= 1
+        left = self.per_client.get(client, 1) - 1
+        if left > 0:
+            self.per_client[client] = left
+        else:
+            self.per_client.pop(client, None)
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's protocol with mssgate's per-connection defences and transaction state."""
+
+    def __init__(
+        self,
+        handler: GatewayHandler,
+        listen: ListenConfig,
+        counter: ConnectionCounter,
+        *,
+        implicit_tls: bool,
+        **kwargs: Any,
+    ) -> None:
+        # Read by aiosmtpd's __init__ (the stream reader's limit): set it first.
+        self.line_length_limit = listen.max_line_length
+        super().__init__(handler, **kwargs)
+        self.listen = listen
+        self.counter = counter
+        self.implicit_tls = implicit_tls
+        self.counted_client: str | None = None
+        self.over_limit = False
+
+    def _create_envelope(self) -> TransactionState:
+        return TransactionState()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Apply the connection limits and the TLS rules that depend on the client."""
+        first = self._original_transport is None and self.transport is None
+        super().connection_made(transport)
+        if not first:
+            return  # the same connection after STARTTLS
+        ip = peer_ip(session_peer(self))
+        client = str(ip) if ip is not None else "?"
+        if self.counter.try_open(client, self.listen):
+            self.counted_client = client
+        else:
+            self.over_limit = True
+        loopback = ip is not None and ip.is_loopback
+        # AUTH is offered only over TLS, except on loopback when the policy says so.
+        self._auth_require_tls = not (
+            self.implicit_tls or (loopback and self.listen.auth_without_tls_on_loopback)
+        )
+        tls = self.listen.tls
+        self.require_starttls = bool(
+            self.tls_context and tls is not None and tls.required and not loopback
+        )
+
+    async def _handle_client(self) -> None:
+        if self.over_limit:
+            log.warning("%s connection refused: too many connections", session_peer(self))
+            await self.push("421 4.7.0 Trop de connexions, reessayez plus tard")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """Release the connection's place in the limits."""
+        if self.counted_client is not None:
+            self.counter.close(self.counted_client)
+            self.counted_client = None
+        super().connection_lost(error)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA with its own time budget for the whole transfer (slow senders are cut)."""
+        self._reset_timeout(self.listen.data_timeout)
+        await super().smtp_DATA(arg)
+
+
 class GatewayHandler:
-    """aiosmtpd handler hooks: MAIL, RCPT and DATA checked by the policy."""
+    """aiosmtpd handler hooks: AUTH, MAIL, RCPT and DATA checked by the policy."""
 
     def __init__(
         self,
         current_policy: Callable[[], Policy],
         relays: Mapping[Route, Relay],
         decide_fn: DecideFn = decide,
+        *,
+        domain_check: DomainCheckFn | None = None,
+        throttle: AuthThrottle | None = None,
+        pseudonym_key: bytes | None = None,
     ) -> None:
         self.current_policy = current_policy
         self.relays = relays
         self.decide_fn = decide_fn
+        self.domain_check = domain_check
+        self.throttle = throttle or AuthThrottle()
+        self.pseudonym_key = pseudonym_key or os.urandom(32)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -78,23 +210,102 @@ class GatewayHandler:
     def _verdict_reply(self, verdict: Verdict, envelope: Any) -> str:
         return self._reply(verdict.smtp_code, verdict.enhanced_code, verdict.reply, envelope)
 
-    @staticmethod
-    def _client_allowed(policy: Policy, session: Session) -> bool:
-        ip = _peer_ip(session)
-        if ip is None:
-            return False
-        if ip.is_loopback:
-            return True
-        return any(ip in net for net in policy.document.listen.client_networks)
+    def _loggable(self, address: str) -> str:
+        return pseudonymise(address, self.pseudonym_key)
 
     @staticmethod
-    def _envelope(state: TransactionState, rcpts: list[str]) -> Envelope:
+    def _client_allowed(policy: Policy, session: Session) -> bool:
+        """True when the client may relay without AUTH (trusted network or loopback)."""
+        ip = peer_ip(getattr(session, "peer", None))
+        if ip is None:
+            return False
+        listen = policy.document.listen
+        if ip.is_loopback and listen.trust_loopback:
+            return True
+        return any(ip in net for net in listen.client_networks)
+
+    @staticmethod
+    def _login(session: Session) -> str | None:
+        if not getattr(session, "authenticated", False):
+            return None
+        data = getattr(session, "auth_data", None)
+        return data if isinstance(data, str) else None
+
+    @staticmethod
+    def _envelope(state: TransactionState, rcpts: list[str], login: str | None) -> Envelope:
         return Envelope(
-            mail_from=state.mail_from or "",
+            mail_from="" if state.mail_from in (None, "<>") else state.mail_from,
             rcpt_tos=tuple(rcpts),
-            auth_user=None,
+            auth_user=login,
             mail_options=tuple(state.mail_options),
         )
+
+    # -- AUTH --------------------------------------------------------------------------------
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """AUTH PLAIN (RFC 4616), checked against the policy's users."""
+        if len(args) == 1:
+            blob = await server.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        fields = blob.split(b"\x00")
+        if len(fields) != 3:
+            await server.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, fields[1], fields[2])
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """AUTH LOGIN, checked against the policy's users."""
+        if len(args) == 1:
+            login = await server.challenge_auth(server.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except (binascii.Error, ValueError):
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        return await self._authenticate(server, login, password)
+
+    async def _authenticate(self, server: SMTP, login_b: bytes, password_b: bytes) -> AuthResult:
+        peer = session_peer(server)
+        ip = peer_ip(peer)
+        client = str(ip) if ip is not None else "?"
+        if self.throttle.blocked(client):
+            log.warning("%s AUTH refused: too many failures", peer)
+            return AuthResult(
+                success=False,
+                message="454 4.7.0 Trop d'echecs d'authentification, reessayez plus tard",
+            )
+        delay = self.throttle.delay_before_answer(client)
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            login = login_b.decode("utf-8")
+            password = password_b.decode("utf-8")
+        except UnicodeDecodeError:
+            login, password = "", ""
+        account = self.current_policy().users.get(login)
+        ok = await asyncio.to_thread(
+            verify_password, account.password_hash if account else None, password
+        )
+        if not ok:
+            self.throttle.failed(client)
+            log.warning("%s AUTH failed for login %r", peer, login[:64])
+            return AuthResult(success=False)
+        self.throttle.succeeded(client)
+        log.info("%s AUTH ok: %s", peer, login)
+        return AuthResult(success=True, auth_data=login)
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -106,21 +317,31 @@ class GatewayHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        """Pin the policy for this transaction and check the sender."""
+        """Pin the policy for this transaction; check the client and the sender."""
         policy = self.current_policy()
-        if not self._client_allowed(policy, session):
-            log.warning("relay refused to client %s", session.peer)
-            text = render(policy.document.messages.not_allowed_client)
-            return self._reply(554, "5.7.1", text, envelope)
+        messages = policy.document.messages
+        login = self._login(session)
+        if login is None and not self._client_allowed(policy, session):
+            log.warning("%s relay refused: not authenticated", session.peer)
+            if policy.users:
+                return self._reply(530, "5.7.0", messages.auth_required, envelope)
+            return self._reply(554, "5.7.1", messages.not_allowed_client, envelope)
         mail_from = "" if address == "<>" else address
-        verdict = check_sender(policy, mail_from) if mail_from else None
+        verdict = check_sender(policy, mail_from, login)
         if verdict is not None:
-            log.info("%s MAIL FROM refused by %s", session.peer, verdict.rule)
+            log.warning(
+                "%s MAIL FROM %s refused by %s (user %s)",
+                session.peer,
+                self._loggable(mail_from),
+                verdict.rule,
+                login,
+            )
             return self._verdict_reply(verdict, envelope)
         envelope.mail_from = mail_from or "<>"
         envelope.mail_options.extend(mail_options)
         envelope.policy = policy
         envelope.refused = []
+        envelope.tempfailed = []
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
@@ -133,17 +354,31 @@ class GatewayHandler:
     ) -> str:
         """Check one recipient against those already accepted; remember any refusal."""
         policy = envelope.policy or self.current_policy()
+        messages = policy.document.messages
         limit = policy.document.listen.max_recipients
         if len(envelope.rcpt_tos) + len(envelope.refused) >= limit:
             envelope.refused.append(address)
-            text = render(policy.document.messages.too_many_recipients, max=str(limit))
+            text = render(messages.too_many_recipients, max=str(limit))
             return self._reply(452, "4.5.3", text, envelope)
-        current = self._envelope(envelope, envelope.rcpt_tos)
+        current = self._envelope(envelope, envelope.rcpt_tos, self._login(session))
         verdict = check_recipient(policy, current, address)
         if verdict is not None:
             envelope.refused.append(address)
-            log.info("%s RCPT refused by %s", session.peer, verdict.rule)
+            log.info(
+                "%s RCPT %s refused by %s", session.peer, self._loggable(address), verdict.rule
+            )
             return self._verdict_reply(verdict, envelope)
+        if self.domain_check is not None:
+            domain = policy.classify(address).normalized.rpartition("@")[2]
+            status = await self.domain_check(domain)
+            if status == "missing":
+                envelope.refused.append(address)
+                text = render(messages.domain_missing, address=address)
+                return self._reply(550, "5.1.2", text, envelope)
+            if status != "exists":
+                envelope.tempfailed.append(address)
+                text = render(messages.dns_tempfail, address=address)
+                return self._reply(451, "4.4.3", text, envelope)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -153,9 +388,14 @@ class GatewayHandler:
         policy = envelope.policy or self.current_policy()
         messages = policy.document.messages
         raw = envelope.original_content or b""
-        attempted = [*envelope.rcpt_tos, *envelope.refused]
+        header_end = raw.find(b"\r\n\r\n")
+        header_size = header_end if header_end >= 0 else len(raw)
+        if header_size > policy.document.listen.max_header_size:
+            return self._reply(552, "5.3.4", messages.header_too_large, envelope)
+        login = self._login(session)
+        attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
         try:
-            decision = self.decide_fn(policy, self._envelope(envelope, attempted), raw)
+            decision = self.decide_fn(policy, self._envelope(envelope, attempted, login), raw)
         except Exception:
             log.exception("%s filter failed; message not relayed (451)", session.peer)
             return self._reply(451, "4.3.0", messages.tempfail, envelope)
@@ -167,6 +407,9 @@ class GatewayHandler:
             # The client went on after a refused RCPT: nothing goes to anyone.
             text = render(messages.refused_earlier, address=envelope.refused[0])
             return self._reply(550, "5.7.1", text, envelope)
+        if envelope.tempfailed:
+            text = render(messages.dns_tempfail, address=envelope.tempfailed[0])
+            return self._reply(451, "4.4.3", text, envelope)
 
         budget = sum(self._budget(policy, d.route) for d in decision.deliveries) + _MARGIN
         if hasattr(server, "_reset_timeout"):
@@ -207,8 +450,20 @@ class GatewayHandler:
         return smtp_reply(451, "4.3.0", self.current_policy().document.messages.tempfail)
 
 
+def listener_tls_context(listen: ListenConfig) -> ssl.SSLContext | None:
+    """The server-side TLS context of the listener (None without ``listen.tls``)."""
+    if listen.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(listen.tls.cert_file, listen.tls.key_file)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if listen.tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    return context
+
+
 class Gateway:
-    """A listening mssgate: the aiosmtpd protocol on an asyncio server in the current loop."""
+    """A listening mssgate: the aiosmtpd protocol on asyncio servers in the current loop."""
 
     def __init__(
         self,
@@ -218,39 +473,76 @@ class Gateway:
         host: str | None = None,
         port: int | None = None,
         decide_fn: DecideFn = decide,
+        domain_check: DomainCheckFn | None = None,
+        pseudonym_key: bytes | None = None,
     ) -> None:
         self.current_policy = current_policy
-        self.handler = GatewayHandler(current_policy, relays, decide_fn)
-        listen = current_policy().document.listen
+        policy = current_policy()
+        listen = policy.document.listen
+        failures = listen.auth_failures
+        self.handler = GatewayHandler(
+            current_policy,
+            relays,
+            decide_fn,
+            domain_check=domain_check,
+            throttle=AuthThrottle(
+                free_attempts=failures.free_attempts,
+                delay=failures.delay,
+                max_attempts=failures.max_attempts,
+                window=failures.window,
+            ),
+            pseudonym_key=pseudonym_key,
+        )
         self.host = host if host is not None else listen.host
         self.port = port if port is not None else listen.port
-        self._server: asyncio.Server | None = None
+        self.implicit_port: int | None = listen.tls.implicit_port if listen.tls else None
+        self.tls_context = listener_tls_context(listen)
+        self.counter = ConnectionCounter()
+        self._servers: list[asyncio.Server] = []
 
-    def _protocol(self) -> GatewaySMTP:
-        listen = self.current_policy().document.listen
+    def _protocol(self, implicit_tls: bool) -> GatewaySMTP:
+        policy = self.current_policy()
+        listen = policy.document.listen
         return GatewaySMTP(
             self.handler,
+            listen,
+            self.counter,
+            implicit_tls=implicit_tls,
             hostname=listen.hostname,
             ident="mssgate",
             data_size_limit=listen.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=listen.client_timeout,
+            tls_context=None if implicit_tls else self.tls_context,
+            auth_exclude_mechanism=() if policy.users else ("PLAIN", "LOGIN"),
+            command_call_limit=_CALL_LIMITS,
         )
 
     async def start(self) -> None:
-        """Listen; ``self.port`` is the real port afterwards (useful with port 0)."""
+        """Listen; ``self.port`` (and ``self.implicit_port``) are the real ports afterwards."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host=self.host, port=self.port)
-        sock = self._server.sockets[0]
-        self.port = int(sock.getsockname()[1])
+        server = await loop.create_server(
+            lambda: self._protocol(False), host=self.host, port=self.port
+        )
+        self._servers.append(server)
+        self.port = int(server.sockets[0].getsockname()[1])
+        if self.implicit_port is not None and self.tls_context is not None:
+            implicit = await loop.create_server(
+                lambda: self._protocol(True),
+                host=self.host,
+                port=self.implicit_port,
+                ssl=self.tls_context,
+            )
+            self._servers.append(implicit)
+            self.implicit_port = int(implicit.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Stop listening and close the server."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        """Stop listening and close the servers."""
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers.clear()
 
     async def __aenter__(self) -> Gateway:
         await self.start()
