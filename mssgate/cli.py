@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mssgate.auth import hash_password
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
 from mssgate.decide import decide
+from mssgate.holder import PolicyHolder
 from mssgate.model import Envelope, Route
 from mssgate.relay import build_relays
 from mssgate.server import Gateway
@@ -37,33 +39,45 @@ def _print_errors(exc: ConfigError) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
-async def _serve(loaded: LoadedPolicy, host: str | None, port: int | None) -> None:
-    policy = loaded.policy
+async def _serve(holder: PolicyHolder, host: str | None, port: int | None) -> None:
+    policy = holder.policy
     routes = {
         Route.MSSANTE: policy.document.routes.mssante,
         Route.ORDINARY: policy.document.routes.ordinary,
     }
     relays = build_relays(routes, policy.document.listen.hostname, os.environ)
-    gateway = Gateway(lambda: policy, relays, host=host, port=port)
+    key_env = policy.document.privacy.pseudonym_key_env
+    key = os.environ.get(key_env, "").encode() or None
+    domain_check = None
+    if policy.document.dns_check is not None and policy.document.dns_check.enabled:
+        from mssgate.dnscheck import DomainChecker
+
+        domain_check = DomainChecker(policy.document.dns_check).check
+    gateway = Gateway(
+        holder, relays, host=host, port=port, domain_check=domain_check, pseudonym_key=key
+    )
     await gateway.start()
     print(
-        f"mssgate écoute sur {gateway.host}:{gateway.port} (politique : {loaded.source})",
+        f"mssgate écoute sur {gateway.host}:{gateway.port} (politique : {holder.source})",
         flush=True,
     )
+    if gateway.implicit_port is not None:
+        print(f"  TLS implicite sur {gateway.host}:{gateway.implicit_port}", flush=True)
     for route, config in routes.items():
-        target = (
-            f"dépôt {config.outbox}"
-            if config.outbox is not None
-            else f"{config.upstream.host}:{config.upstream.port}"
-            if config.upstream
-            else "?"
-        )
+        if config.outbox is not None:
+            target = f"dépôt {config.outbox}"
+        else:
+            assert config.upstream is not None
+            target = f"{config.upstream.host}:{config.upstream.port} ({config.upstream.tls})"
         print(f"  route {route.value} -> {target}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(NotImplementedError):
+        # SIGHUP: reload the policy (refused and logged when invalid; the old one stays).
+        loop.add_signal_handler(signal.SIGHUP, holder.reload)
     try:
         await stop.wait()
     finally:
@@ -77,12 +91,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # aiosmtpd logs every command (addresses, patient INS) and, at DEBUG, every DATA line:
-    # health data must not reach a log.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     try:
-        loaded = _load(args.config)
-        asyncio.run(_serve(loaded, args.host, args.port))
+        holder = PolicyHolder(_load(args.config), args.config)
+        asyncio.run(_serve(holder, args.host, args.port))
     except ConfigError as exc:
         _print_errors(exc)
         return EXIT_ERROR
@@ -186,6 +197,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if result["action"] == "accept" else EXIT_REFUSED
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the argon2 hash of a password read from the terminal (or one line of stdin)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Mot de passe : ")
+        if getpass.getpass("Confirmation : ") != password:
+            print("les deux saisies diffèrent", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("mot de passe trop court (8 caractères au moins)", file=sys.stderr)
+        return EXIT_ERROR
+    print(hash_password(password))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -214,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--output", help="écrire le message tel qu'il serait relayé")
     explain.add_argument("message", help="fichier .eml (ou - pour l'entrée standard)")
     explain.set_defaults(func=cmd_explain)
+
+    hashpw = sub.add_parser(
+        "hash-password", help="hacher un mot de passe pour users[].password_hash"
+    )
+    hashpw.set_defaults(func=cmd_hash_password)
     return parser
 
 

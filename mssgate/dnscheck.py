@@ -209,9 +209,8 @@ class DomainChecker:
         deadline = time.monotonic() + self._config.timeout
 
         async def query(rdtype: dns.rdatatype.RdataType) -> dns.resolver.Answer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise dns.resolver.LifetimeTimeout(timeout=self._config.timeout, errors=[])
+            # The MX, A and AAAA queries share one lifetime (dnspython raises LifetimeTimeout).
+            remaining = max(deadline - time.monotonic(), 0.001)
             return await resolver.resolve(qname, rdtype, search=False, lifetime=remaining)
 
         try:

@@ -24,5 +24,5 @@ def pseudonymise(address: str, key: bytes) -> str:
         local, domain = address, ""
     if domain.lower().rstrip(".") == PATIENT_DOMAIN or _INS_LIKE.match(local):
         digest = hmac.new(key, local.upper().encode("utf-8"), hashlib.sha256).hexdigest()
-        return f"ins-{digest[:16]}{at}{domain}"
+        return f"ins-{digest[:16]}{at}{domain.lower()}"
     return address

@@ -10,6 +10,7 @@ client's retry never duplicates a message and no refused recipient is ever repor
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import ssl
@@ -26,6 +27,7 @@ import aiosmtplib
 from mssgate.model import Delivery, Route
 from mssgate.schema import RouteConfig, TLSMode, UpstreamConfig
 
+log = logging.getLogger("mssgate.relay")
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+")
 
 
@@ -148,6 +150,34 @@ def read_credentials(config: UpstreamConfig, env: Mapping[str, str]) -> tuple[st
     return username, password
 
 
+def upstream_tls_context(config: UpstreamConfig, route: Route) -> ssl.SSLContext | None:
+    """The client-side TLS context of a route, built once at start.
+
+    Certificate and host name are verified (against ``ca_file`` when given, e.g. IGC-Santé's
+    CAs, else the system's), TLS 1.2 at least, and a client certificate is presented when the
+    operator authenticates software so. ``verify: false`` is an explicit, logged opt-out.
+    """
+    if config.tls is TLSMode.NONE:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file)
+        if config.client_cert and config.client_key:
+            context.load_cert_chain(config.client_cert, config.client_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"certificats de la route {route.value} illisibles : {exc}") from exc
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if config.min_tls_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    if not config.verify:
+        log.warning(
+            "route %s: upstream certificate NOT verified (verify: false in the policy)",
+            route.value,
+        )
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class SmtpRelay:
     """Relays to an upstream SMTP server, one connection per delivery."""
 
@@ -162,11 +192,7 @@ class SmtpRelay:
         self.config = config
         self.local_hostname = local_hostname
         self.credentials = credentials
-        self.tls_context: ssl.SSLContext | None = None
-        if config.tls is not TLSMode.NONE:
-            # Built once: certificate and host name verified, TLS 1.2 at least.
-            self.tls_context = ssl.create_default_context()
-            self.tls_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.tls_context = upstream_tls_context(config, route)
 
     def _client(self) -> aiosmtplib.SMTP:
         config = self.config

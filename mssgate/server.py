@@ -285,6 +285,7 @@ class GatewayHandler:
             log.warning("%s AUTH refused: too many failures", peer)
             return AuthResult(
                 success=False,
+                handled=False,
                 message="454 4.7.0 Trop d'echecs d'authentification, reessayez plus tard",
             )
         delay = self.throttle.delay_before_answer(client)
@@ -302,7 +303,7 @@ class GatewayHandler:
         if not ok:
             self.throttle.failed(client)
             log.warning("%s AUTH failed for login %r", peer, login[:64])
-            return AuthResult(success=False)
+            return AuthResult(success=False, handled=False)  # aiosmtpd answers 535 5.7.8
         self.throttle.succeeded(client)
         log.info("%s AUTH ok: %s", peer, login)
         return AuthResult(success=True, auth_data=login)
@@ -521,6 +522,9 @@ class Gateway:
 
     async def start(self) -> None:
         """Listen; ``self.port`` (and ``self.implicit_port``) are the real ports afterwards."""
+        # aiosmtpd logs every command (addresses, patients' INS) at INFO and every DATA line
+        # at DEBUG: health data must never reach a log, whatever the logging set-up.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
             lambda: self._protocol(False), host=self.host, port=self.port

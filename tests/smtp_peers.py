@@ -14,6 +14,7 @@ import os
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -80,6 +81,8 @@ class _CaptureHandler:
             await asyncio.sleep(behaviour.data_delay)
         if behaviour.data_reply:
             return behaviour.data_reply
+        if session.ssl is not None:
+            self.upstream.tls_sessions += 1
         self.upstream.received.append(
             Received(
                 envelope.mail_from,
@@ -95,10 +98,12 @@ class _CaptureHandler:
 class CaptureUpstream:
     """An upstream SMTP server in the current loop that records what it accepts."""
 
-    def __init__(self, *, smtputf8: bool = True) -> None:
+    def __init__(self, *, smtputf8: bool = True, tls_context: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         self.behaviour = Behaviour()
         self.smtputf8 = smtputf8
+        self.tls_context = tls_context
+        self.tls_sessions = 0
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -111,6 +116,8 @@ class CaptureUpstream:
                 decode_data=False,
                 enable_SMTPUTF8=self.smtputf8,
                 hostname="upstream.test",
+                tls_context=self.tls_context,
+                require_starttls=self.tls_context is not None,
             ),
             host=LOOPBACK,
             port=0,
