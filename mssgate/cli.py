@@ -48,14 +48,7 @@ async def _serve(holder: PolicyHolder, host: str | None, port: int | None) -> No
     relays = build_relays(routes, policy.document.listen.hostname, os.environ)
     key_env = policy.document.privacy.pseudonym_key_env
     key = os.environ.get(key_env, "").encode() or None
-    domain_check = None
-    if policy.document.dns_check is not None and policy.document.dns_check.enabled:
-        from mssgate.dnscheck import DomainChecker
-
-        domain_check = DomainChecker(policy.document.dns_check).check
-    gateway = Gateway(
-        holder, relays, host=host, port=port, domain_check=domain_check, pseudonym_key=key
-    )
+    gateway = Gateway(holder, relays, host=host, port=port, pseudonym_key=key)
     await gateway.start()
     print(
         f"mssgate écoute sur {gateway.host}:{gateway.port} (politique : {holder.source})",

@@ -27,6 +27,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mssgate.auth import AuthThrottle, verify_password
 from mssgate.decide import check_recipient, check_sender, decide
+from mssgate.dnscheck import DomainChecker
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
@@ -481,6 +482,9 @@ class Gateway:
         policy = current_policy()
         listen = policy.document.listen
         failures = listen.auth_failures
+        dns = policy.document.dns_check
+        if domain_check is None and dns is not None and dns.enabled:
+            domain_check = DomainChecker(dns).check
         self.handler = GatewayHandler(
             current_policy,
             relays,

@@ -226,3 +226,28 @@ async def test_exception_in_a_hook_is_451_not_500(
     result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
     assert result.code == 451
     assert stack.delivered() == 0
+
+
+async def test_recipient_domains_that_do_not_exist_are_refused() -> None:
+    from tests.dns_server import DnsServer
+
+    zone = {
+        "gmail.com": {"MX": ["5 gmail-smtp-in.l.google.com."]},
+        "medecin.mssante.fr": {"MX": ["10 mx.medecin.mssante.fr."]},
+    }
+    async with DnsServer(zone, servfail=["panne.fr"]) as dns:
+        extra = f"dns_check: {{nameservers: ['{dns.nameserver}'], timeout: 1}}\n"
+        async with running_stack(extra) as stack:
+            typo = await send(stack.port, DR, ["ami@gmial.com"], message(DR, "ami@gmial.com"))
+            assert typo.code == 550 and "gmial.com" in typo.text
+            bal = "x@medecn.mssante.fr"
+            typo_bal = await send(stack.port, BAL, [bal], message(BAL, bal))
+            assert typo_bal.code == 550
+            down = await send(stack.port, DR, ["a@panne.fr"], message(DR, "a@panne.fr"))
+            assert down.code == 451  # DNS failure: temporary, never a pass or a refusal
+            # one recipient's DNS failure makes the whole message temporary
+            both = await send(stack.port, DR, [GMAIL, "a@panne.fr"], message(DR, GMAIL))
+            assert both.code == 451
+            assert stack.delivered() == 0
+            ok = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
+            assert ok.error is None and len(stack.ordinary.received) == 1
