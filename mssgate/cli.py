@@ -108,7 +108,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(
         f"politique valide : {loaded.source} — {len(doc.people)} personne(s), "
         f"{len(doc.shared_bals)} BAL partagée(s), {len(loaded.policy.profiles)} adresse(s) "
-        f"signée(s), {len(doc.redirects)} redirection(s)"
+        f"signée(s), {len(doc.redirects)} redirection(s), {len(doc.users)} compte(s) SMTP"
+        + (", TLS" if doc.listen.tls else "")
+        + (", vérification DNS" if doc.dns_check and doc.dns_check.enabled else "")
         + (f", liste nationale : {len(national)} domaines" if national is not None else "")
     )
     return EXIT_OK
