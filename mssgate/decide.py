@@ -91,10 +91,12 @@ def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, str
 
 def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
     """Accept (with the deliveries to make), or refuse, one message."""
-    tx = build_transaction(policy, envelope, parse_message(raw))
+    message = parse_message(raw)
+    tx = build_transaction(policy, envelope, message)
+    message_id = message.header("message-id")
     verdict = _first_verdict(MESSAGE_RULES, policy, tx)
     if verdict is not None:
-        return Decision.refuse(verdict)
+        return Decision.refuse(verdict, recipients=tx.recipients, message_id=message_id)
 
     pairs = tuple(zip(tx.recipients, envelope.rcpt_tos, strict=True))
     inside = tuple(r for c, r in pairs if in_trust_space(policy, c))
@@ -118,4 +120,6 @@ def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
         reply=render(policy.document.messages.accepted, route=routes),
         deliveries=tuple(deliveries),
         notes=tuple(notes),
+        recipients=tx.recipients,
+        message_id=message_id,
     )

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
+from mssgate.events import Observers
 from mssgate.policy import Policy
 
 log = logging.getLogger("mssgate.policy")
@@ -19,9 +20,15 @@ log = logging.getLogger("mssgate.policy")
 class PolicyHolder:
     """Holds the current policy; :meth:`reload` validates a new one before swapping."""
 
-    def __init__(self, loaded: LoadedPolicy, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedPolicy,
+        path: str | Path | None = None,
+        observers: Observers | None = None,
+    ) -> None:
         self._loaded = loaded
         self.path = path
+        self.observers = observers or Observers()
         self.reloads = 0
         self.failed_reloads = 0
 
@@ -45,10 +52,12 @@ class PolicyHolder:
         except ConfigError as exc:
             self.failed_reloads += 1
             log.error("policy reload refused, previous policy kept: %s", "; ".join(exc.errors))
+            self.observers.reload(False)
             return False
         for warning in loaded.warnings:
             log.warning("policy: %s", warning)
         self._loaded = loaded  # one reference swap: atomic for every reader
         self.reloads += 1
         log.info("policy reloaded from %s", loaded.source)
+        self.observers.reload(True)
         return True

@@ -119,6 +119,9 @@ class Decision:
     deliveries: tuple[Delivery, ...] = ()
     notes: tuple[str, ...] = field(default=())
     """Why something did not happen (e.g. no signature: the message is signed)."""
+    recipients: tuple[Classification, ...] = ()
+    """The envelope recipients as classified (for the audit trail)."""
+    message_id: str | None = None
 
     @property
     def signature_added(self) -> bool:
@@ -126,7 +129,13 @@ class Decision:
         return any(d.signature_added for d in self.deliveries)
 
     @classmethod
-    def refuse(cls, verdict: Verdict, action: Action = Action.REJECT) -> Decision:
+    def refuse(
+        cls,
+        verdict: Verdict,
+        action: Action = Action.REJECT,
+        recipients: tuple[Classification, ...] = (),
+        message_id: str | None = None,
+    ) -> Decision:
         """A refusal decision from a rule's verdict."""
         return cls(
             action=action,
@@ -134,4 +143,6 @@ class Decision:
             enhanced_code=verdict.enhanced_code,
             reply=verdict.reply,
             rule=verdict.rule,
+            recipients=recipients,
+            message_id=message_id,
         )

@@ -18,6 +18,8 @@ import ipaddress
 import logging
 import os
 import ssl
+import time
+import uuid
 from base64 import b64decode
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -28,6 +30,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from mssgate.auth import AuthThrottle, verify_password
 from mssgate.decide import check_recipient, check_sender, decide
 from mssgate.dnscheck import DomainChecker
+from mssgate.events import DecisionEvent, Observers
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
@@ -123,6 +126,7 @@ class GatewaySMTP(SMTP):
         counter: ConnectionCounter,
         *,
         implicit_tls: bool,
+        observers: Observers,
         **kwargs: Any,
     ) -> None:
         # Read by aiosmtpd's __init__ (the stream reader's limit): set it first.
@@ -130,6 +134,7 @@ class GatewaySMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.listen = listen
         self.counter = counter
+        self.observers = observers
         self.implicit_tls = implicit_tls
         self.counted_client: str | None = None
         self.over_limit = False
@@ -143,12 +148,16 @@ class GatewaySMTP(SMTP):
         super().connection_made(transport)
         if not first:
             return  # the same connection after STARTTLS
+        if self.session is not None:
+            self.session.mssgate_id = uuid.uuid4().hex[:12]  # type: ignore[attr-defined]
         ip = peer_ip(session_peer(self))
         client = str(ip) if ip is not None else "?"
         if self.counter.try_open(client, self.listen):
             self.counted_client = client
+            self.observers.connection(True)
         else:
             self.over_limit = True
+            self.observers.connection(True, refused=True)
         loopback = ip is not None and ip.is_loopback
         # AUTH is offered only over TLS, except on loopback when the policy says so.
         self._auth_require_tls = not (
@@ -173,6 +182,7 @@ class GatewaySMTP(SMTP):
         if self.counted_client is not None:
             self.counter.close(self.counted_client)
             self.counted_client = None
+            self.observers.connection(False)
         super().connection_lost(error)
 
     @syntax("DATA")
@@ -194,11 +204,13 @@ class GatewayHandler:
         domain_check: DomainCheckFn | None = None,
         throttle: AuthThrottle | None = None,
         pseudonym_key: bytes | None = None,
+        observers: Observers | None = None,
     ) -> None:
         self.current_policy = current_policy
         self.relays = relays
         self.decide_fn = decide_fn
         self.domain_check = domain_check
+        self.observers = observers or Observers()
         self.throttle = throttle or AuthThrottle()
         self.pseudonym_key = pseudonym_key or os.urandom(32)
 
@@ -213,6 +225,49 @@ class GatewayHandler:
 
     def _loggable(self, address: str) -> str:
         return pseudonymise(address, self.pseudonym_key)
+
+    def _emit(
+        self,
+        session: Session,
+        envelope: TransactionState,
+        stage: str,
+        reply: str,
+        *,
+        rule: str | None,
+        recipients: tuple[tuple[str, str], ...],
+        decision: Decision | None = None,
+        upstream: str | None = None,
+        size_in: int = 0,
+        size_out: int = 0,
+        started: float | None = None,
+    ) -> None:
+        """Report one answered decision to the observers (audit trail, metrics)."""
+        code = int(reply[:3])
+        rest = reply[4:].split(" ", 1)
+        enhanced = rest[0] if rest and rest[0][:1].isdigit() else ""
+        action = "accept" if code < 300 else "tempfail" if code < 500 else "reject"
+        self.observers.decision(
+            DecisionEvent(
+                time=time.time(),
+                session=str(getattr(session, "mssgate_id", "")),
+                peer=str(getattr(session, "peer", "")),
+                user=self._login(session),
+                stage=stage,
+                sender="" if envelope.mail_from in (None, "<>") else str(envelope.mail_from),
+                recipients=recipients,
+                action=action,
+                rule=rule,
+                smtp_code=code,
+                enhanced_code=enhanced,
+                routes=tuple(d.route.value for d in decision.deliveries) if decision else (),
+                upstream=upstream,
+                size_in=size_in,
+                size_out=size_out,
+                message_id=decision.message_id if decision else None,
+                signature_added=decision.signature_added if decision else False,
+                duration=(time.monotonic() - started) if started is not None else 0.0,
+            )
+        )
 
     @staticmethod
     def _client_allowed(policy: Policy, session: Session) -> bool:
@@ -323,12 +378,15 @@ class GatewayHandler:
         policy = self.current_policy()
         messages = policy.document.messages
         login = self._login(session)
+        mail_from = "" if address == "<>" else address
         if login is None and not self._client_allowed(policy, session):
             log.warning("%s relay refused: not authenticated", session.peer)
             if policy.users:
-                return self._reply(530, "5.7.0", messages.auth_required, envelope)
-            return self._reply(554, "5.7.1", messages.not_allowed_client, envelope)
-        mail_from = "" if address == "<>" else address
+                reply = self._reply(530, "5.7.0", messages.auth_required, envelope)
+            else:
+                reply = self._reply(554, "5.7.1", messages.not_allowed_client, envelope)
+            self._emit(session, envelope, "mail", reply, rule="client", recipients=())
+            return reply
         verdict = check_sender(policy, mail_from, login)
         if verdict is not None:
             log.warning(
@@ -338,7 +396,11 @@ class GatewayHandler:
                 verdict.rule,
                 login,
             )
-            return self._verdict_reply(verdict, envelope)
+            reply = self._verdict_reply(verdict, envelope)
+            envelope.mail_from = mail_from
+            self._emit(session, envelope, "mail", reply, rule=verdict.rule, recipients=())
+            envelope.mail_from = None
+            return reply
         envelope.mail_from = mail_from or "<>"
         envelope.mail_options.extend(mail_options)
         envelope.policy = policy
@@ -356,70 +418,123 @@ class GatewayHandler:
     ) -> str:
         """Check one recipient against those already accepted; remember any refusal."""
         policy = envelope.policy or self.current_policy()
+        reply, rule = await self._recipient(policy, session, envelope, address)
+        if reply is None:
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+            return "250 2.1.5 OK"
+        if rule == "dns_check" and reply.startswith("4"):
+            envelope.tempfailed.append(address)  # the whole message will be a 451
+        else:
+            envelope.refused.append(address)
+        kind = policy.classify(address).kind.value
+        self._emit(session, envelope, "rcpt", reply, rule=rule, recipients=((address, kind),))
+        return reply
+
+    async def _recipient(
+        self, policy: Policy, session: Session, envelope: TransactionState, address: str
+    ) -> tuple[str | None, str | None]:
+        """The refusal of one recipient (reply, rule), or (None, None) when accepted."""
         messages = policy.document.messages
         limit = policy.document.listen.max_recipients
-        if len(envelope.rcpt_tos) + len(envelope.refused) >= limit:
-            envelope.refused.append(address)
+        if len(envelope.rcpt_tos) + len(envelope.refused) + len(envelope.tempfailed) >= limit:
             text = render(messages.too_many_recipients, max=str(limit))
-            return self._reply(452, "4.5.3", text, envelope)
+            # Counted as refused: the whole message will be refused at DATA (all or nothing).
+            return self._reply(452, "4.5.3", text, envelope), "max_recipients"
         current = self._envelope(envelope, envelope.rcpt_tos, self._login(session))
         verdict = check_recipient(policy, current, address)
         if verdict is not None:
-            envelope.refused.append(address)
             log.info(
                 "%s RCPT %s refused by %s", session.peer, self._loggable(address), verdict.rule
             )
-            return self._verdict_reply(verdict, envelope)
+            return self._verdict_reply(verdict, envelope), verdict.rule
         if self.domain_check is not None:
             domain = policy.classify(address).normalized.rpartition("@")[2]
             status = await self.domain_check(domain)
             if status == "missing":
-                envelope.refused.append(address)
                 text = render(messages.domain_missing, address=address)
-                return self._reply(550, "5.1.2", text, envelope)
+                return self._reply(550, "5.1.2", text, envelope), "dns_check"
             if status != "exists":
-                envelope.tempfailed.append(address)
                 text = render(messages.dns_tempfail, address=address)
-                return self._reply(451, "4.4.3", text, envelope)
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        return "250 2.1.5 OK"
+                return self._reply(451, "4.4.3", text, envelope), "dns_check"
+        return None, None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: TransactionState) -> str:
         """Decide on the whole message, relay it, and answer only after the upstream did."""
+        started = time.monotonic()
+        raw = envelope.original_content or b""
+        reply, rule, decision, upstream, size_out = await self._data(server, session, envelope, raw)
+        if decision is not None:
+            recipients = tuple((c.address, c.kind.value) for c in decision.recipients)
+        else:
+            policy = envelope.policy or self.current_policy()
+            recipients = tuple(
+                (r, policy.classify(r).kind.value)
+                for r in (*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed)
+            )
+        self._emit(
+            session,
+            envelope,
+            "data",
+            reply,
+            rule=rule,
+            recipients=recipients,
+            decision=decision,
+            upstream=upstream,
+            size_in=len(raw),
+            size_out=size_out,
+            started=started,
+        )
+        return reply
+
+    async def _data(
+        self, server: SMTP, session: Session, envelope: TransactionState, raw: bytes
+    ) -> tuple[str, str | None, Decision | None, str | None, int]:
+        """(reply, rule, decision, upstream answer, bytes relayed) for one message."""
         policy = envelope.policy or self.current_policy()
         messages = policy.document.messages
-        raw = envelope.original_content or b""
         header_end = raw.find(b"\r\n\r\n")
         header_size = header_end if header_end >= 0 else len(raw)
         if header_size > policy.document.listen.max_header_size:
-            return self._reply(552, "5.3.4", messages.header_too_large, envelope)
+            reply = self._reply(552, "5.3.4", messages.header_too_large, envelope)
+            return reply, "max_header_size", None, None, 0
         login = self._login(session)
         attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
         try:
             decision = self.decide_fn(policy, self._envelope(envelope, attempted, login), raw)
         except Exception:
             log.exception("%s filter failed; message not relayed (451)", session.peer)
-            return self._reply(451, "4.3.0", messages.tempfail, envelope)
+            return (
+                self._reply(451, "4.3.0", messages.tempfail, envelope),
+                "filter_error",
+                None,
+                None,
+                0,
+            )
 
         if decision.action is not Action.ACCEPT:
             log.info("%s message refused by %s", session.peer, decision.rule)
-            return self._reply(decision.smtp_code, decision.enhanced_code, decision.reply, envelope)
+            reply = self._reply(
+                decision.smtp_code, decision.enhanced_code, decision.reply, envelope
+            )
+            return reply, decision.rule, decision, None, 0
         if envelope.refused:
             # The client went on after a refused RCPT: nothing goes to anyone.
             text = render(messages.refused_earlier, address=envelope.refused[0])
-            return self._reply(550, "5.7.1", text, envelope)
+            return self._reply(550, "5.7.1", text, envelope), "refused_earlier", decision, None, 0
         if envelope.tempfailed:
             text = render(messages.dns_tempfail, address=envelope.tempfailed[0])
-            return self._reply(451, "4.4.3", text, envelope)
+            return self._reply(451, "4.4.3", text, envelope), "dns_check", decision, None, 0
 
         budget = sum(self._budget(policy, d.route) for d in decision.deliveries) + _MARGIN
         if hasattr(server, "_reset_timeout"):
             # aiosmtpd's idle timer covers DATA plus our relay: give the upstream its budget.
             server._reset_timeout(budget)
         details = []
+        size_out = 0
         for delivery in decision.deliveries:
             relay = self.relays[delivery.route]
+            began = time.monotonic()
             try:
                 outcome = await relay.deliver(
                     "" if envelope.mail_from in (None, "<>") else envelope.mail_from,
@@ -427,11 +542,16 @@ class GatewayHandler:
                     tuple(envelope.mail_options),
                 )
             except RelayFailure as failure:
+                kind = "tempfail" if failure.temporary else "permfail"
+                self.observers.relay(delivery.route.value, time.monotonic() - began, kind)
                 log.warning(
                     "%s relay to %s failed: %s", session.peer, delivery.route.value, failure.code
                 )
-                return self._reply(failure.code, failure.enhanced, failure.text, envelope)
+                reply = self._reply(failure.code, failure.enhanced, failure.text, envelope)
+                return reply, "upstream", decision, failure.text, size_out
+            self.observers.relay(delivery.route.value, time.monotonic() - began, "ok")
             details.append(outcome.detail)
+            size_out += len(delivery.message)
         log.info(
             "%s message relayed via %s%s",
             session.peer,
@@ -439,7 +559,8 @@ class GatewayHandler:
             " (signature added)" if decision.signature_added else "",
         )
         text = decision.reply + (" ; " + " ; ".join(details) if details else "")
-        return self._reply(250, "2.0.0", text, envelope)
+        reply = self._reply(250, "2.0.0", text, envelope)
+        return reply, None, decision, " ; ".join(details), size_out
 
     @staticmethod
     def _budget(policy: Policy, route: Route) -> float:
@@ -477,8 +598,10 @@ class Gateway:
         decide_fn: DecideFn = decide,
         domain_check: DomainCheckFn | None = None,
         pseudonym_key: bytes | None = None,
+        observers: Observers | None = None,
     ) -> None:
         self.current_policy = current_policy
+        self.observers = observers or Observers()
         policy = current_policy()
         listen = policy.document.listen
         failures = listen.auth_failures
@@ -497,6 +620,7 @@ class Gateway:
                 window=failures.window,
             ),
             pseudonym_key=pseudonym_key,
+            observers=self.observers,
         )
         self.host = host if host is not None else listen.host
         self.port = port if port is not None else listen.port
@@ -513,6 +637,7 @@ class Gateway:
             listen,
             self.counter,
             implicit_tls=implicit_tls,
+            observers=self.observers,
             hostname=listen.hostname,
             ident="mssgate",
             data_size_limit=listen.max_message_size,

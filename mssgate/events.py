@@ -1,0 +1,95 @@
+"""What the gateway reports to its observers (audit trail, metrics): plain frozen values.
+
+The server emits these at one place each; observers subscribe. An observer that fails is
+logged and never changes what happens to a message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger("mssgate.events")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionEvent:
+    """One decision on one message (or on an envelope refused before DATA)."""
+
+    time: float
+    """Seconds since the epoch, when the decision was answered."""
+    session: str
+    """Identifier of the SMTP connection."""
+    peer: str
+    user: str | None
+    stage: str
+    """``mail``, ``rcpt`` or ``data``: where the client got the answer."""
+    sender: str
+    recipients: tuple[tuple[str, str], ...]
+    """(address, class) pairs; addresses as given (observers pseudonymise)."""
+    action: str
+    """``accept``, ``reject`` or ``tempfail``."""
+    rule: str | None
+    smtp_code: int
+    enhanced_code: str
+    routes: tuple[str, ...]
+    upstream: str | None
+    """The upstream's answer (accepted text or failure), when it was asked."""
+    size_in: int
+    size_out: int
+    message_id: str | None
+    signature_added: bool
+    duration: float
+    """Seconds from DATA's end to the answer (decision plus relay)."""
+
+
+class Observer(Protocol):
+    """Receives the gateway's events; every method must be quick and must not block."""
+
+    def decision(self, event: DecisionEvent) -> None:
+        """A message (or envelope) was decided and answered."""
+
+    def connection(self, opened: bool, refused: bool = False) -> None:
+        """A client connection opened (or was refused by a limit), or closed."""
+
+    def relay(self, route: str, seconds: float, outcome: str) -> None:
+        """An upstream transaction ended: ``ok``, ``tempfail`` or ``permfail``."""
+
+    def reload(self, ok: bool) -> None:
+        """A policy reload was attempted."""
+
+
+class Observers:
+    """Fans events out to several observers; a failing observer is logged and skipped."""
+
+    def __init__(self, observers: Sequence[Observer] = ()) -> None:
+        self.observers = list(observers)
+
+    def add(self, observer: Observer) -> None:
+        """Subscribe one more observer."""
+        self.observers.append(observer)
+
+    def _each(self, method: str, *args: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:
+                log.exception("observer %s failed on %s", type(observer).__name__, method)
+
+    def decision(self, event: DecisionEvent) -> None:
+        """Forward a decision."""
+        self._each("decision", event)
+
+    def connection(self, opened: bool, refused: bool = False) -> None:
+        """Forward a connection event."""
+        self._each("connection", opened, refused)
+
+    def relay(self, route: str, seconds: float, outcome: str) -> None:
+        """Forward an upstream transaction's outcome."""
+        self._each("relay", route, seconds, outcome)
+
+    def reload(self, ok: bool) -> None:
+        """Forward a reload attempt."""
+        self._each("reload", ok)
