@@ -327,6 +327,31 @@ class PrivacyConfig(StrictModel):
     per process (pseudonyms then change at each start)."""
 
 
+class AuditConfig(StrictModel):
+    """The audit trail: one JSON line per decision (traceability of health documents)."""
+
+    file: NonEmptyStr = "-"
+    """A file path, or ``-`` for standard output."""
+    max_bytes: Annotated[int, Field(ge=0)] = 50 * 1024 * 1024
+    """Rotate the file past this size (0: never; leave rotation to logrotate)."""
+    backups: Annotated[int, Field(ge=0, le=1000)] = 10
+
+
+class MetricsConfig(StrictModel):
+    """The HTTP endpoint for Prometheus (/metrics) and orchestration (/healthz, /readyz)."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9925
+
+
+class ReloadConfig(StrictModel):
+    """Reloading the policy when its file changes (SIGHUP always reloads)."""
+
+    watch: bool = True
+    interval: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    """Seconds between two looks at the policy file's modification time."""
+
+
 class Redirect(StrictModel):
     """A redirect or copy rule set up for a BAL (absence, copy to the secretariat, filter).
 
@@ -515,6 +540,9 @@ class PolicyDocument(StrictModel):
     users: tuple[User, ...] = ()
     dns_check: DnsCheckConfig | None = None
     privacy: PrivacyConfig = PrivacyConfig()
+    audit: AuditConfig | None = None
+    metrics: MetricsConfig | None = None
+    reload: ReloadConfig = ReloadConfig()
 
     @model_validator(mode="after")
     def _never_an_open_relay(self) -> PolicyDocument:

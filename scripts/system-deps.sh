@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the real SMTP peers the tests use, from Debian's packages: swaks (a client) and
-# Postfix's smtp-sink/smtp-source (an upstream and a load generator). Postfix is installed
-# without configuration and never started as a system service by this script.
+# Install the real peers the tests and the benchmark use, from Debian's packages: swaks and
+# msmtp (clients), Postfix (smtp-sink/smtp-source, and a private relay instance the tests start
+# themselves). Postfix is installed without configuration and never started as a service.
 set -euo pipefail
 need=()
-command -v swaks >/dev/null 2>&1 || need+=(swaks)
-{ command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ]; } || need+=(postfix)
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have swaks || need+=(swaks)
+have smtp-sink || need+=(postfix)
+have msmtp || need+=(msmtp)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
