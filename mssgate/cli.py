@@ -18,8 +18,8 @@ from mssgate.auth import hash_password
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
 from mssgate.decide import decide
 from mssgate.holder import PolicyHolder
-from mssgate.model import Envelope, Route
-from mssgate.relay import build_relays
+from mssgate.model import Envelope
+from mssgate.relay import RelayRegistry
 from mssgate.server import Gateway
 from mssgate.texts import smtp_reply
 
@@ -39,16 +39,17 @@ def _print_errors(exc: ConfigError) -> None:
         print(f"  {line}", file=sys.stderr)
 
 
-async def _serve(holder: PolicyHolder, host: str | None, port: int | None) -> None:
+async def _serve(
+    loaded: LoadedPolicy, path: str | None, host: str | None, port: int | None
+) -> None:
+    registry = RelayRegistry(os.environ)
+    registry.relays_for(loaded.policy)  # a missing secret stops the start here
+    holder = PolicyHolder(loaded, path, check=registry.relays_for)
     policy = holder.policy
-    routes = {
-        Route.MSSANTE: policy.document.routes.mssante,
-        Route.ORDINARY: policy.document.routes.ordinary,
-    }
-    relays = build_relays(routes, policy.document.listen.hostname, os.environ)
+    routes = policy.route_configs()
     key_env = policy.document.privacy.pseudonym_key_env
     key = os.environ.get(key_env, "").encode() or None
-    gateway = Gateway(holder, relays, host=host, port=port, pseudonym_key=key)
+    gateway = Gateway(holder, registry.relays_for, host=host, port=port, pseudonym_key=key)
     await gateway.start()
     print(
         f"mssgate écoute sur {gateway.host}:{gateway.port} (politique : {holder.source})",
@@ -75,6 +76,7 @@ async def _serve(holder: PolicyHolder, host: str | None, port: int | None) -> No
         await stop.wait()
     finally:
         await gateway.stop()
+        await registry.close()
         print("mssgate arrêté", flush=True)
 
 
@@ -85,8 +87,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        holder = PolicyHolder(_load(args.config), args.config)
-        asyncio.run(_serve(holder, args.host, args.port))
+        asyncio.run(_serve(_load(args.config), args.config, args.host, args.port))
     except ConfigError as exc:
         _print_errors(exc)
         return EXIT_ERROR

@@ -68,6 +68,11 @@ def check_recipient(policy: Policy, envelope: Envelope, rcpt: str) -> Verdict | 
     return _first_verdict(ENVELOPE_RULES, policy, tx)
 
 
+def route_of(policy: Policy, address: str) -> Route:
+    """The route a recipient's mail takes: MSSanté (and patients) or ordinary."""
+    return Route.MSSANTE if in_trust_space(policy, policy.classify(address)) else Route.ORDINARY
+
+
 def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, str]:
     """The ordinary-route bytes, with the preferred-address signature where it applies."""
     settings = policy.document.signature

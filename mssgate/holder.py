@@ -8,6 +8,7 @@ errors are logged and the previous one stays in force.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
@@ -25,10 +26,14 @@ class PolicyHolder:
         loaded: LoadedPolicy,
         path: str | Path | None = None,
         observers: Observers | None = None,
+        check: Callable[[Policy], object] | None = None,
     ) -> None:
         self._loaded = loaded
         self.path = path
         self.observers = observers or Observers()
+        self.check = check
+        """Run on a new policy before it is swapped in (e.g. its routes' secrets can be read);
+        a ValueError refuses the reload."""
         self.reloads = 0
         self.failed_reloads = 0
 
@@ -49,9 +54,12 @@ class PolicyHolder:
         """Load the policy file again; True when the new policy is now in force."""
         try:
             loaded = load_policy(self.path, previous=self._loaded.policy)
-        except ConfigError as exc:
+            if self.check is not None:
+                self.check(loaded.policy)
+        except (ConfigError, ValueError) as exc:
             self.failed_reloads += 1
-            log.error("policy reload refused, previous policy kept: %s", "; ".join(exc.errors))
+            errors = exc.errors if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("policy reload refused, previous policy kept: %s", "; ".join(errors))
             self.observers.reload(False)
             return False
         for warning in loaded.warnings:

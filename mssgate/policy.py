@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from mssgate.classify import DomainSets, classify_address, normalize_domain
-from mssgate.model import AddressClass, Classification
-from mssgate.schema import PolicyDocument
+from mssgate.model import AddressClass, Classification, Route
+from mssgate.schema import PolicyDocument, RouteConfig
 
 Location = tuple[str | int, ...]
 
@@ -63,6 +63,11 @@ class Policy:
     """Lower-cased MSSanté sender -> MSSanté addresses that get a copy of what it sends."""
     users: Mapping[str, UserAccount] = field(default_factory=lambda: MappingProxyType({}))
     """Login -> account."""
+
+    def route_configs(self) -> dict[Route, RouteConfig]:
+        """Each route's configuration, keyed by route."""
+        routes = self.document.routes
+        return {Route.MSSANTE: routes.mssante, Route.ORDINARY: routes.ordinary}
 
     def classify(self, address: str) -> Classification:
         """Classify one address with this policy's domain lists."""

@@ -25,6 +25,7 @@ from typing import Protocol
 import aiosmtplib
 
 from mssgate.model import Delivery, Route
+from mssgate.policy import Policy
 from mssgate.schema import RouteConfig, TLSMode, UpstreamConfig
 
 log = logging.getLogger("mssgate.relay")
@@ -193,6 +194,8 @@ class SmtpRelay:
         self.local_hostname = local_hostname
         self.credentials = credentials
         self.tls_context = upstream_tls_context(config, route)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _client(self) -> aiosmtplib.SMTP:
         config = self.config
@@ -212,76 +215,143 @@ class SmtpRelay:
     async def deliver(
         self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
     ) -> RelayOutcome:
-        """One whole upstream transaction within the route's time budget."""
+        """One whole upstream transaction within the route's time budget.
+
+        On any failure the connection is dropped at once, without QUIT: an upstream that has
+        not answered the final dot yet must not take a later QUIT for consent. A warm
+        connection found closed by the upstream is replaced once, before anything was sent.
+        """
+        client: aiosmtplib.SMTP | None = None
         try:
             async with asyncio.timeout(self.config.timeout):
-                return await self._transaction(mail_from, delivery, mail_options)
-        except RelayFailure:
-            raise
-        except aiosmtplib.SMTPResponseException as exc:
-            raise upstream_failure(self.route, exc.code, exc.message) from exc
-        except (TimeoutError, aiosmtplib.SMTPTimeoutError) as exc:
-            raise RelayFailure(
-                451, "4.4.2", f"serveur {self.route.value} : délai dépassé, rien n'a été envoyé"
-            ) from exc
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            raise RelayFailure(
-                451, "4.4.1", f"serveur {self.route.value} injoignable ({type(exc).__name__})"
-            ) from exc
+                client, reused = await self._acquire()
+                try:
+                    detail = await self._transaction(client, mail_from, delivery, mail_options)
+                except _StaleConnection:
+                    if not reused:
+                        raise
+                    client.close()
+                    client, _ = await self._acquire(fresh=True)
+                    detail = await self._transaction(client, mail_from, delivery, mail_options)
+        except BaseException as exc:
+            if client is not None:
+                client.close()
+            raise self._failure(exc) from exc
+        self._release(client)
+        return RelayOutcome(self.route, detail)
 
-    async def _transaction(
-        self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
-    ) -> RelayOutcome:
+    def _failure(self, exc: BaseException) -> BaseException:
+        """Map a third-party error to the client-facing failure (one boundary)."""
+        if isinstance(exc, RelayFailure | asyncio.CancelledError):
+            return exc
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            return upstream_failure(self.route, exc.code, exc.message)
+        if isinstance(exc, TimeoutError | aiosmtplib.SMTPTimeoutError):
+            return RelayFailure(
+                451, "4.4.2", f"serveur {self.route.value} : délai dépassé, rien n'a été envoyé"
+            )
+        if isinstance(exc, aiosmtplib.SMTPException | OSError | _StaleConnection):
+            return RelayFailure(
+                451, "4.4.1", f"serveur {self.route.value} injoignable ({type(exc).__name__})"
+            )
+        return exc
+
+    async def _acquire(self, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connected client: a warm idle one when there is one, else a new connection."""
+        now = time.monotonic()
+        while self._idle and not fresh:
+            client, since = self._idle.pop()
+            if client.is_connected and now - since < self.config.idle_timeout:
+                return client, True
+            client.close()
         client = self._client()
-        await client.connect()
         try:
+            await client.connect()
             if client.is_ehlo_or_helo_needed:
                 # The extensions decide MAIL FROM's parameters: greet before asking.
                 try:
                     await client.ehlo()
                 except aiosmtplib.SMTPHeloError:
                     await client.helo()
-            options: list[str] = []
-            wants = {o.upper() for o in mail_options}
-            if "BODY=8BITMIME" in wants and client.supports_extension("8BITMIME"):
-                options.append("BODY=8BITMIME")
-            encoding = "ascii"
-            if "SMTPUTF8" in wants:
-                needs_utf8 = not (mail_from + "".join(delivery.recipients)).isascii()
-                if client.supports_extension("SMTPUTF8"):
-                    options.append("SMTPUTF8")
-                    encoding = "utf-8"
-                elif needs_utf8:
-                    raise RelayFailure(
-                        553,
-                        "5.6.7",
-                        f"serveur {self.route.value} : adresses internationalisées non prises "
-                        "en charge (SMTPUTF8)",
-                    )
+        except BaseException:
+            client.close()  # a half-open connection (timeout in the greeting...) is dropped
+            raise
+        return client, False
+
+    def _release(self, client: aiosmtplib.SMTP) -> None:
+        """Keep a healthy connection warm for the next message, or close it."""
+        if (
+            self.config.reuse_connections
+            and client.is_connected
+            and len(self._idle) < self.config.max_idle_connections
+        ):
+            self._idle.append((client, time.monotonic()))
+        else:
+            self._quit_later(client)
+
+    def _quit_later(self, client: aiosmtplib.SMTP) -> None:
+        """QUIT in the background: the message is already accepted, nothing may wait on it."""
+        task = asyncio.get_running_loop().create_task(_quit(client))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """QUIT the warm connections (at shutdown or when a reload replaced this route)."""
+        while self._idle:
+            self._quit_later(self._idle.pop()[0])
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=5)
+
+    async def _transaction(
+        self,
+        client: aiosmtplib.SMTP,
+        mail_from: str,
+        delivery: Delivery,
+        mail_options: tuple[str, ...],
+    ) -> str:
+        options: list[str] = []
+        wants = {o.upper() for o in mail_options}
+        if "BODY=8BITMIME" in wants and client.supports_extension("8BITMIME"):
+            options.append("BODY=8BITMIME")
+        encoding = "ascii"
+        if "SMTPUTF8" in wants:
+            needs_utf8 = not (mail_from + "".join(delivery.recipients)).isascii()
+            if client.supports_extension("SMTPUTF8"):
+                options.append("SMTPUTF8")
+                encoding = "utf-8"
+            elif needs_utf8:
+                raise RelayFailure(
+                    553,
+                    "5.6.7",
+                    f"serveur {self.route.value} : adresses internationalisées non prises "
+                    "en charge (SMTPUTF8)",
+                )
+        try:
             await client.mail(mail_from, options=options, encoding=encoding)
-            refused: list[tuple[str, int, str]] = []
-            for rcpt in delivery.recipients:
-                try:
-                    await client.rcpt(rcpt, encoding=encoding)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    refused.append((rcpt, exc.code, exc.message))
-            if refused:
-                # All or nothing: never deliver to part of the recipients.
-                await client.rset()
-                permanent = [r for r in refused if r[1] >= 500]
-                rcpt, code, message = (permanent or refused)[0]
-                raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
-            response = await client.data(delivery.message)
-            detail = response.message
-        finally:
-            await _close(client)
-        return RelayOutcome(self.route, detail)
+        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            raise _StaleConnection from exc
+        refused: list[tuple[str, int, str]] = []
+        for rcpt in delivery.recipients:
+            try:
+                await client.rcpt(rcpt, encoding=encoding)
+            except aiosmtplib.SMTPRecipientRefused as exc:
+                refused.append((rcpt, exc.code, exc.message))
+        if refused:
+            # All or nothing: never deliver to part of the recipients.
+            await client.rset()
+            permanent = [r for r in refused if r[1] >= 500]
+            rcpt, code, message = (permanent or refused)[0]
+            raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
+        response = await client.data(delivery.message)
+        return response.message
 
 
-async def _close(client: aiosmtplib.SMTP) -> None:
-    """QUIT politely; an error after the upstream accepted the message changes nothing."""
-    if not client.is_connected:
-        return
+class _StaleConnection(Exception):
+    """A warm connection the upstream had closed: nothing was sent, try a fresh one."""
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely; any error is only the end of a connection."""
     try:
         await client.quit(timeout=5)
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
@@ -304,3 +374,44 @@ def build_relays(
                 raise ValueError(f"route {route.value} : {exc}") from exc
             relays[route] = SmtpRelay(route, config.upstream, local_hostname, credentials)
     return relays
+
+
+class RelayRegistry:
+    """The relays of the policy in force, rebuilt for a route whose configuration changed.
+
+    A reload that moves an upstream takes effect for the next transaction; the previous
+    relay's warm connections are closed (transactions under way on it finish normally).
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self._relays: dict[tuple[Route, RouteConfig, str], Relay] = {}
+        self._current: dict[Route, tuple[Route, RouteConfig, str]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def relays_for(self, policy: Policy) -> dict[Route, Relay]:
+        """The relay of each route; raises ValueError when a route's secrets are missing."""
+        hostname = policy.document.listen.hostname
+        result: dict[Route, Relay] = {}
+        for route, config in policy.route_configs().items():
+            key = (route, config, hostname)
+            relay = self._relays.get(key)
+            if relay is None:
+                relay = build_relays({route: config}, hostname, self.env)[route]
+                self._relays[key] = relay
+            previous = self._current.get(route)
+            if previous is not None and previous != key:
+                old = self._relays.pop(previous, None)
+                if isinstance(old, SmtpRelay):
+                    task = asyncio.get_running_loop().create_task(old.close())
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+            self._current[route] = key
+            result[route] = relay
+        return result
+
+    async def close(self) -> None:
+        """Close every relay's warm connections."""
+        for relay in list(self._relays.values()):
+            if isinstance(relay, SmtpRelay):
+                await relay.close()

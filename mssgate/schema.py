@@ -165,6 +165,11 @@ class UpstreamConfig(StrictModel):
     verify: bool = True
     """Verify the upstream's certificate and host name. ``false`` is logged at every start."""
     min_tls_version: Literal["1.2", "1.3"] = "1.2"
+    reuse_connections: bool = True
+    """Keep connections warm between messages (a new MAIL FROM on the same connection)."""
+    max_idle_connections: Annotated[int, Field(ge=0, le=1000)] = 16
+    idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """Seconds a warm connection may wait unused before it is closed."""
 
     @model_validator(mode="after")
     def _credentials_consistent(self) -> UpstreamConfig:
@@ -492,6 +497,11 @@ class MessagesConfig(StrictModel):
     auth_required: PlainText = "Authentification requise (ou réseau autorisé)."
     tls_required: PlainText = "Chiffrement requis : lancez STARTTLS d'abord."
     header_too_large: PlainText = "En-têtes du message trop volumineux."
+    other_route: AddressOnlyText = (
+        "{address} relève de l'autre messagerie (MSSanté ou ordinaire) : envoyez-le dans un "
+        "message séparé."
+    )
+    busy: PlainText = "Passerelle occupée (mémoire) : rien n'a été envoyé, réessayez plus tard."
     domain_missing: AddressOnlyText = (
         "Adresse refusée : le domaine de {address} n'existe pas (faute de frappe ?)."
     )

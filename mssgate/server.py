@@ -28,7 +28,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mssgate.auth import AuthThrottle, verify_password
-from mssgate.decide import check_recipient, check_sender, decide
+from mssgate.decide import check_recipient, check_sender, decide, route_of
 from mssgate.dnscheck import DomainChecker
 from mssgate.events import DecisionEvent, Observers
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
@@ -41,9 +41,12 @@ from mssgate.texts import render, smtp_reply
 log = logging.getLogger("mssgate.server")
 
 DecideFn = Callable[[Policy, Envelope, bytes], Decision]
+RelaySource = Mapping[Route, Relay] | Callable[[Policy], Mapping[Route, Relay]]
+"""Fixed relays, or the relays of a given policy (they follow reloads)."""
 DomainCheckFn = Callable[[str], Awaitable[str]]
 """Recipient domain -> ``"exists"``, ``"missing"`` or ``"tempfail"``."""
 
+ONE_ROUTE = "one_route_per_message"
 _MARGIN = 15.0
 """Seconds left to answer the client after the upstream budget ran out."""
 _CALL_LIMITS = {
@@ -198,7 +201,7 @@ class GatewayHandler:
     def __init__(
         self,
         current_policy: Callable[[], Policy],
-        relays: Mapping[Route, Relay],
+        relays: RelaySource,
         decide_fn: DecideFn = decide,
         *,
         domain_check: DomainCheckFn | None = None,
@@ -423,7 +426,9 @@ class GatewayHandler:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
             return "250 2.1.5 OK"
-        if rule == "dns_check" and reply.startswith("4"):
+        if rule == ONE_ROUTE:
+            pass  # deferred, not refused: the accepted recipients' message goes on
+        elif rule == "dns_check" and reply.startswith("4"):
             envelope.tempfailed.append(address)  # the whole message will be a 451
         else:
             envelope.refused.append(address)
@@ -457,6 +462,14 @@ class GatewayHandler:
             if status != "exists":
                 text = render(messages.dns_tempfail, address=address)
                 return self._reply(451, "4.4.3", text, envelope), "dns_check"
+        if envelope.rcpt_tos and route_of(policy, address) != route_of(
+            policy, envelope.rcpt_tos[0]
+        ):
+            # Only when the rules let both spaces in one message: one upstream transaction per
+            # message, so that one route's failure never leaves the other delivered (RFC 5321
+            # 452: the client sends this recipient in a later transaction).
+            text = render(messages.other_route, address=address)
+            return self._reply(452, "4.5.3", text, envelope), ONE_ROUTE
         return None, None
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: TransactionState) -> str:
@@ -532,8 +545,9 @@ class GatewayHandler:
             server._reset_timeout(budget)
         details = []
         size_out = 0
+        relays = self.relays(policy) if callable(self.relays) else self.relays
         for delivery in decision.deliveries:
-            relay = self.relays[delivery.route]
+            relay = relays[delivery.route]
             began = time.monotonic()
             try:
                 outcome = await relay.deliver(
@@ -591,7 +605,7 @@ class Gateway:
     def __init__(
         self,
         current_policy: Callable[[], Policy],
-        relays: Mapping[Route, Relay],
+        relays: RelaySource,
         *,
         host: str | None = None,
         port: int | None = None,

@@ -11,7 +11,6 @@ import pytest
 
 from mssgate.config import load_policy_text
 from mssgate.decide import decide
-from mssgate.model import Route
 from mssgate.policy import Policy
 from mssgate.relay import build_relays
 from mssgate.server import DecideFn, Gateway
@@ -130,11 +129,7 @@ async def running_stack(
     """
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
         policy = make_policy(mssante.port, ordinary_port or ordinary.port, extra, timeout)
-        routes = {
-            Route.MSSANTE: policy.document.routes.mssante,
-            Route.ORDINARY: policy.document.routes.ordinary,
-        }
-        relays = build_relays(routes, "mssgate.test", {})
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
         gateway = Gateway(lambda: policy, relays, host=LOOPBACK, port=0, decide_fn=decide_fn)
         async with gateway:
             yield Stack(gateway, mssante, ordinary, policy)

@@ -7,7 +7,6 @@ from pathlib import Path
 from mssgate.config import load_policy
 from mssgate.events import DecisionEvent, Observers
 from mssgate.holder import PolicyHolder
-from mssgate.model import Route
 from mssgate.relay import build_relays
 from mssgate.server import Gateway
 from tests.conftest import make_policy, policy_yaml
@@ -62,11 +61,7 @@ async def test_every_decision_is_reported() -> None:
     recorder = Recorder()
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
         policy = make_policy(mssante.port, ordinary.port)
-        routes = {
-            Route.MSSANTE: policy.document.routes.mssante,
-            Route.ORDINARY: policy.document.routes.ordinary,
-        }
-        relays = build_relays(routes, "mssgate.test", {})
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
         observers = Observers([Broken(), recorder])
         async with Gateway(
             lambda: policy, relays, host=LOOPBACK, port=0, observers=observers

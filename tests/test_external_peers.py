@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from mssgate.model import Route
 from mssgate.policy import Policy
 from mssgate.relay import build_relays
 from mssgate.server import Gateway
@@ -32,11 +31,7 @@ async def sink_gateway(*sink_args: str) -> AsyncIterator[tuple[Gateway, SmtpSink
     """mssgate whose two routes both go to one smtp-sink."""
     async with SmtpSink(*sink_args) as sink:
         policy = make_policy(sink.port, sink.port)
-        routes = {
-            Route.MSSANTE: policy.document.routes.mssante,
-            Route.ORDINARY: policy.document.routes.ordinary,
-        }
-        relays = build_relays(routes, "mssgate.test", {})
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
         async with Gateway(lambda: policy, relays, host=LOOPBACK, port=0) as gateway:
             yield gateway, sink, policy
 

@@ -16,7 +16,6 @@ import pytest
 
 from mssgate.auth import AuthThrottle, hash_password
 from mssgate.config import load_policy_text
-from mssgate.model import Route
 from mssgate.policy import Policy
 from mssgate.relay import build_relays
 from mssgate.server import Gateway
@@ -90,11 +89,7 @@ async def secure_stack(tls: TlsFiles, listen: str = "") -> AsyncIterator[SecureS
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
         text = security_policy(tls, mssante.port, ordinary.port, listen)
         policy = load_policy_text(text, "securite.yaml").policy
-        routes = {
-            Route.MSSANTE: policy.document.routes.mssante,
-            Route.ORDINARY: policy.document.routes.ordinary,
-        }
-        relays = build_relays(routes, "mssgate.test", {})
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
         async with Gateway(lambda: policy, relays, host=LOOPBACK, port=0) as gateway:
             yield SecureStack(gateway, mssante, ordinary, policy, tls)
 
@@ -392,11 +387,7 @@ routes:
     upstream: {{host: {LOOPBACK}, port: {upstream.port}, tls: starttls, timeout: 5{route}}}
 """
         policy = load_policy_text(text, "upstream-tls.yaml").policy
-        routes = {
-            Route.MSSANTE: policy.document.routes.mssante,
-            Route.ORDINARY: policy.document.routes.ordinary,
-        }
-        relays = build_relays(routes, "mssgate.test", {})
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
         async with Gateway(lambda: policy, relays, host=LOOPBACK, port=0) as gateway:
             yield gateway, upstream
 
