@@ -108,6 +108,9 @@ class ListenConfig(StrictModel):
     max_header_size: Annotated[int, Field(ge=1024)] = 256 * 1024
     max_line_length: Annotated[int, Field(ge=1000, le=1024 * 1024)] = 8192
     """Longest line accepted in DATA, CRLF included (RFC 5321 says 1000; clients exceed it)."""
+    max_inflight_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
+    """Message bytes held in memory at once, all sessions together; past it, new DATA gets
+    ``452`` (try later) and a message that would cross it is refused with ``452``."""
     max_connections: Annotated[int, Field(ge=1, le=100000)] = 200
     max_connections_per_client: Annotated[int, Field(ge=1, le=100000)] = 20
     client_timeout: Annotated[float, Field(gt=0)] = 300.0
@@ -500,6 +503,9 @@ class MessagesConfig(StrictModel):
     other_route: AddressOnlyText = (
         "{address} relève de l'autre messagerie (MSSanté ou ordinaire) : envoyez-le dans un "
         "message séparé."
+    )
+    needs_smtputf8: AddressOnlyText = (
+        "Adresse internationalisée {address} : le logiciel de messagerie doit utiliser SMTPUTF8."
     )
     busy: PlainText = "Passerelle occupée (mémoire) : rien n'a été envoyé, réessayez plus tard."
     domain_missing: AddressOnlyText = (

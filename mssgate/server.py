@@ -17,6 +17,7 @@ import binascii
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import time
 import uuid
@@ -119,6 +120,49 @@ class ConnectionCounter:
             self.per_client.pop(client, None)
 
 
+class InflightBudget:
+    """Message bytes held in memory by all sessions together (bounded under concurrency)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def full(self) -> bool:
+        """True when no new DATA may start."""
+        return self.used >= self.limit
+
+    def take(self, size: int) -> bool:
+        """Account for ``size`` more bytes; False when that crosses the limit."""
+        self.used += size
+        return self.used <= self.limit
+
+    def give(self, size: int) -> None:
+        """Release bytes that are no longer held."""
+        self.used -= size
+
+
+_TERMINATOR = b"\r\n.\r\n"
+_CHUNK = 1 << 16
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+
+
+def normalize_line_endings(content: bytes) -> bytes:
+    """Every bare CR or LF becomes CRLF, as the upstream client library would send it: the
+    filter decides on exactly the bytes that will be relayed."""
+    crlf = content.count(b"\r\n")
+    if content.count(b"\r") == crlf and content.count(b"\n") == crlf:
+        return content
+    return _LINE_ENDINGS.sub(b"\r\n", content)
+
+
+def unstuff(buffer: bytearray, end: int) -> bytes:
+    """The message from a DATA buffer that starts with a virtual CRLF and whose message ends
+    at ``end`` (its final CRLF included): the leading dot of each line removed."""
+    if buffer.find(b"\r\n.", 0, end) < 0:
+        return bytes(memoryview(buffer)[2:end])
+    return bytes(buffer[:end].replace(b"\r\n.", b"\r\n"))[2:]
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with mssgate's per-connection defences and transaction state."""
 
@@ -130,6 +174,7 @@ class GatewaySMTP(SMTP):
         *,
         implicit_tls: bool,
         observers: Observers,
+        budget: InflightBudget,
         **kwargs: Any,
     ) -> None:
         # Read by aiosmtpd's __init__ (the stream reader's limit): set it first.
@@ -138,6 +183,7 @@ class GatewaySMTP(SMTP):
         self.listen = listen
         self.counter = counter
         self.observers = observers
+        self.budget = budget
         self.implicit_tls = implicit_tls
         self.counted_client: str | None = None
         self.over_limit = False
@@ -190,9 +236,90 @@ class GatewaySMTP(SMTP):
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA with its own time budget for the whole transfer (slow senders are cut)."""
+        """DATA read in chunks (not line by line), with its own time budget for the whole
+        transfer, the message size limit and the in-flight memory budget."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        messages = self.event_handler.current_policy().document.messages
+        if self.budget.full():
+            await self.push(smtp_reply(452, "4.3.1", messages.busy))
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._reset_timeout(self.listen.data_timeout)
-        await super().smtp_DATA(arg)
+        held = 0
+        try:
+            content, held, problem = await self._read_message()
+            if content is None:
+                return  # the client went away mid-DATA: nothing to answer, nothing relayed
+            if problem is not None:
+                self._set_post_data_state()  # type: ignore[no-untyped-call]
+                await self.push(problem)
+                return
+            self.envelope.content = content
+            self.envelope.original_content = content
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.budget.give(held)
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_message(self) -> tuple[bytes | None, int, str | None]:
+        """(message, bytes held in the budget, refusal) once the final dot is in.
+
+        The buffer starts with a virtual CRLF so that an empty message's lone dot is found
+        like any other end; past a limit, the rest is read and dropped (the client must still
+        be answered after its final dot, RFC 5321 4.2.5).
+        """
+        limit = self.data_size_limit or 0
+        buffer = bytearray(b"\r\n")
+        held = 0
+        scan = 0
+        problem: str | None = None
+        while True:
+            chunk = await self._reader.read(_CHUNK)
+            if not chunk:
+                return None, held, None
+            buffer += chunk
+            end = buffer.find(_TERMINATOR, scan)
+            if end >= 0:
+                break
+            scan = max(0, len(buffer) - 4)
+            if problem is None:
+                held += len(chunk)
+                if not self.budget.take(len(chunk)):
+                    messages = self.event_handler.current_policy().document.messages
+                    problem = smtp_reply(452, "4.3.1", messages.busy)
+                elif limit and len(buffer) - 2 > limit:
+                    problem = f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
+            if problem is not None:
+                # Keep only what the end-of-data search needs.
+                del buffer[: len(buffer) - 4]
+                scan = 0
+                self.budget.give(held)
+                held = 0
+        leftover = bytes(buffer[end + 5 :])
+        if leftover:
+            # Bytes the client sent after its final dot belong to the next command.
+            self._reader._buffer[:0] = leftover  # type: ignore[attr-defined]
+        if problem is not None:
+            return b"", held, problem
+        if limit and end > limit:
+            return b"", held, f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
+        content = normalize_line_endings(unstuff(buffer, end + 2))
+        del buffer
+        too_long = re.search(rb"[^\r\n]{%d}" % (self.listen.max_line_length - 1), content)
+        if too_long is not None:
+            return b"", held, "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
+        return content, held, None
 
 
 class GatewayHandler:
@@ -404,6 +531,10 @@ class GatewayHandler:
             self._emit(session, envelope, "mail", reply, rule=verdict.rule, recipients=())
             envelope.mail_from = None
             return reply
+        if not mail_from.isascii() and not any(o.upper() == "SMTPUTF8" for o in mail_options):
+            # After the policy (a lookalike gets its suggestion): a permanent refusal, never a
+            # 451 the client would retry forever.
+            return smtp_reply(553, "5.6.7", render(messages.needs_smtputf8, address=mail_from))
         envelope.mail_from = mail_from or "<>"
         envelope.mail_options.extend(mail_options)
         envelope.policy = policy
@@ -453,6 +584,9 @@ class GatewayHandler:
                 "%s RCPT %s refused by %s", session.peer, self._loggable(address), verdict.rule
             )
             return self._verdict_reply(verdict, envelope), verdict.rule
+        if not address.isascii() and not envelope.smtp_utf8:
+            text = render(messages.needs_smtputf8, address=address)
+            return smtp_reply(553, "5.6.7", text), "smtputf8"
         if self.domain_check is not None:
             domain = policy.classify(address).normalized.rpartition("@")[2]
             status = await self.domain_check(domain)
@@ -555,7 +689,14 @@ class GatewayHandler:
                     delivery,
                     tuple(envelope.mail_options),
                 )
-            except RelayFailure as failure:
+            except Exception as exc:
+                failure = (
+                    exc
+                    if isinstance(exc, RelayFailure)
+                    else RelayFailure(451, "4.3.0", messages.tempfail)
+                )
+                if not isinstance(exc, RelayFailure):
+                    log.exception("%s relay to %s raised", session.peer, delivery.route.value)
                 kind = "tempfail" if failure.temporary else "permfail"
                 self.observers.relay(delivery.route.value, time.monotonic() - began, kind)
                 log.warning(
@@ -641,6 +782,7 @@ class Gateway:
         self.implicit_port: int | None = listen.tls.implicit_port if listen.tls else None
         self.tls_context = listener_tls_context(listen)
         self.counter = ConnectionCounter()
+        self.budget = InflightBudget(listen.max_inflight_bytes)
         self._servers: list[asyncio.Server] = []
 
     def _protocol(self, implicit_tls: bool) -> GatewaySMTP:
@@ -652,6 +794,7 @@ class Gateway:
             self.counter,
             implicit_tls=implicit_tls,
             observers=self.observers,
+            budget=self.budget,
             hostname=listen.hostname,
             ident="mssgate",
             data_size_limit=listen.max_message_size,

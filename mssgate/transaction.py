@@ -6,6 +6,7 @@ the classifier or the MIME reader again.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mssgate.mime import ParsedMessage, header_addresses
@@ -55,11 +56,8 @@ def build_transaction(
     header_from: tuple[Classification, ...] = ()
     visible: tuple[Classification, ...] = ()
     if message is not None:
-        header_from = tuple(classify(a) for a in header_addresses(message, ("from",)))
-        visible = tuple(classify(a) for a in header_addresses(message, ("to", "cc")))
-        # Unparseable header addresses ("undisclosed-recipients:;") are not recipients.
-        header_from = tuple(c for c in header_from if c.reason is not InvalidReason.SYNTAX)
-        visible = tuple(c for c in visible if c.reason is not InvalidReason.SYNTAX)
+        header_from = _readable(policy, header_addresses(message, ("from",)))
+        visible = _readable(policy, header_addresses(message, ("to", "cc")))
     return Transaction(
         envelope=envelope,
         sender=sender,
@@ -68,6 +66,30 @@ def build_transaction(
         visible=visible,
         message=message,
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _readable(policy: Policy, addresses: tuple[str, ...]) -> tuple[Classification, ...]:
+    """Header addresses as a mail client would show them.
+
+    Control characters (a NUL, a stray CR) are removed before classifying, so that they can't
+    hide a visible MSSanté address from the rules; what is still not an address
+    ("undisclosed-recipients:;") is not a recipient.
+    """
+    found = []
+    for address in addresses:
+        c = policy.classify(address)
+        if c.reason is InvalidReason.SYNTAX:
+            cleaned = _CONTROL.sub("", address)
+            if cleaned == address:
+                continue
+            c = policy.classify(cleaned)
+            if c.reason is InvalidReason.SYNTAX:
+                continue
+        found.append(c)
+    return tuple(found)
 
 
 def effective_kind(policy: Policy, c: Classification) -> AddressClass:
