@@ -126,6 +126,8 @@ class InflightBudget:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        self.peak = 0
+        """The most ever held at once (what the memory test and the benchmark read)."""
 
     def full(self) -> bool:
         """True when no new DATA may start."""
@@ -134,7 +136,10 @@ class InflightBudget:
     def take(self, size: int) -> bool:
         """Account for ``size`` more bytes; False when that crosses the limit."""
         self.used += size
-        return self.used <= self.limit
+        if self.used <= self.limit:
+            self.peak = max(self.peak, self.used)
+            return True
+        return False
 
     def give(self, size: int) -> None:
         """Release bytes that are no longer held."""

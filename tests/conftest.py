@@ -63,7 +63,11 @@ redirects:
 
 
 def policy_yaml(
-    mssante_port: int = 2601, ordinary_port: int = 2602, extra: str = "", timeout: float = 5
+    mssante_port: int = 2601,
+    ordinary_port: int = 2602,
+    extra: str = "",
+    timeout: float = 5,
+    listen_extra: str = "",
 ) -> str:
     """A cabinet's policy whose two routes go to upstreams on 127.0.0.1 without TLS."""
     return f"""
@@ -73,7 +77,7 @@ listen:
   port: 0
   hostname: mssgate.test
   client_timeout: 60
-routes:
+{listen_extra}routes:
   mssante:
     upstream: {{host: {LOOPBACK}, port: {mssante_port}, tls: none, timeout: {timeout}}}
   ordinary:
@@ -84,10 +88,14 @@ routes:
 
 
 def make_policy(
-    mssante_port: int = 2601, ordinary_port: int = 2602, extra: str = "", timeout: float = 5
+    mssante_port: int = 2601,
+    ordinary_port: int = 2602,
+    extra: str = "",
+    timeout: float = 5,
+    listen_extra: str = "",
 ) -> Policy:
     """Compile :func:`policy_yaml`."""
-    text = policy_yaml(mssante_port, ordinary_port, extra, timeout)
+    text = policy_yaml(mssante_port, ordinary_port, extra, timeout, listen_extra)
     return load_policy_text(text, "test.yaml").policy
 
 
@@ -122,13 +130,16 @@ async def running_stack(
     decide_fn: DecideFn = decide,
     ordinary_port: int | None = None,
     timeout: float = 5,
+    listen_extra: str = "",
 ) -> AsyncIterator[Stack]:
     """Two capture upstreams and a gateway routing to them, all on 127.0.0.1.
 
     ``ordinary_port`` points the ordinary route elsewhere (a closed port: upstream down).
     """
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
-        policy = make_policy(mssante.port, ordinary_port or ordinary.port, extra, timeout)
+        policy = make_policy(
+            mssante.port, ordinary_port or ordinary.port, extra, timeout, listen_extra
+        )
         relays = build_relays(policy.route_configs(), "mssgate.test", {})
         gateway = Gateway(lambda: policy, relays, host=LOOPBACK, port=0, decide_fn=decide_fn)
         async with gateway:

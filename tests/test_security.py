@@ -484,3 +484,17 @@ def test_policy_with_users_on_a_network_needs_tls(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_policy_text(text, "p.yaml")
     assert "TLS" in str(info.value)
+
+
+async def test_connections_in_total_are_limited(tls: TlsFiles) -> None:
+    async with secure_stack(tls, listen="  max_connections: 3") as stack:
+        writers = []
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(LOOPBACK, stack.gateway.port)
+            assert (await reader.readline()).startswith(b"220")
+            writers.append(writer)
+        reader, writer = await asyncio.open_connection(LOOPBACK, stack.gateway.port)
+        assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"421 4.7.0")
+        writer.close()
+        for w in writers:
+            w.close()
