@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,10 +16,9 @@ from typing import Any
 from mssgate.auth import hash_password
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
 from mssgate.decide import decide
-from mssgate.holder import PolicyHolder
 from mssgate.model import Envelope
-from mssgate.relay import RelayRegistry
-from mssgate.server import Gateway
+from mssgate.schema import PolicyDocument
+from mssgate.service import Service
 from mssgate.texts import smtp_reply
 
 EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
@@ -42,22 +40,19 @@ def _print_errors(exc: ConfigError) -> None:
 async def _serve(
     loaded: LoadedPolicy, path: str | None, host: str | None, port: int | None
 ) -> None:
-    registry = RelayRegistry(os.environ)
-    registry.relays_for(loaded.policy)  # a missing secret stops the start here
-    holder = PolicyHolder(loaded, path, check=registry.relays_for)
-    policy = holder.policy
-    routes = policy.route_configs()
-    key_env = policy.document.privacy.pseudonym_key_env
-    key = os.environ.get(key_env, "").encode() or None
-    gateway = Gateway(holder, registry.relays_for, host=host, port=port, pseudonym_key=key)
-    await gateway.start()
+    service = Service(loaded, path, host=host, port=port)
+    gateway = service.gateway
+    await service.start()
     print(
-        f"mssgate écoute sur {gateway.host}:{gateway.port} (politique : {holder.source})",
+        f"mssgate écoute sur {gateway.host}:{gateway.port} (politique : {loaded.source})",
         flush=True,
     )
     if gateway.implicit_port is not None:
         print(f"  TLS implicite sur {gateway.host}:{gateway.implicit_port}", flush=True)
-    for route, config in routes.items():
+    if service.metrics_server is not None:
+        ms = service.metrics_server
+        print(f"  métriques : http://{ms.host}:{ms.port}/metrics", flush=True)
+    for route, config in loaded.policy.route_configs().items():
         if config.outbox is not None:
             target = f"dépôt {config.outbox}"
         else:
@@ -71,12 +66,11 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError):
         # SIGHUP: reload the policy (refused and logged when invalid; the old one stays).
-        loop.add_signal_handler(signal.SIGHUP, holder.reload)
+        loop.add_signal_handler(signal.SIGHUP, service.reload)
     try:
         await stop.wait()
     finally:
-        await gateway.stop()
-        await registry.close()
+        await service.stop()
         print("mssgate arrêté", flush=True)
 
 
@@ -193,6 +187,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if result["action"] == "accept" else EXIT_REFUSED
 
 
+def policy_json_schema() -> str:
+    """The policy file's JSON Schema (for editors: completion and validation)."""
+    schema = PolicyDocument.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Politique mssgate"
+    return json.dumps(schema, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the policy's JSON Schema."""
+    sys.stdout.write(policy_json_schema())
+    return EXIT_OK
+
+
 def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print the argon2 hash of a password read from the terminal (or one line of stdin)."""
     if sys.stdin.isatty():
@@ -244,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-password", help="hacher un mot de passe pour users[].password_hash"
     )
     hashpw.set_defaults(func=cmd_hash_password)
+
+    schema = sub.add_parser("schema", help="afficher le schéma JSON de la politique")
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -23,7 +23,7 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 class StrictModel(BaseModel):
     """Base of every policy model: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def check_template(template: str, allowed: frozenset[str]) -> str:
@@ -372,7 +372,9 @@ class Redirect(StrictModel):
     to: NonEmptyStr
     kind: Literal["absence", "copy", "filter"] = "copy"
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 # ---------------------------------------------------------------------------------------------

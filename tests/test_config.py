@@ -159,3 +159,45 @@ def test_allow_list_file_extends_the_trust_space(tmp_path: Path) -> None:
     policy_file.write_text(policy_yaml() + "domains:\n  allow_list_file: extra.txt\n")
     policy = load_policy(policy_file).policy
     assert policy.classify("dr.x@messagerie.chu-exemple.fr").kind.value == "mssante"
+
+
+def test_committed_json_schema_is_up_to_date() -> None:
+    """config/mssgate.schema.json (used by editors) is what `mssgate schema` prints."""
+    from mssgate.cli import policy_json_schema
+
+    committed = (ROOT / "config" / "mssgate.schema.json").read_text("utf-8")
+    assert committed == policy_json_schema(), "run: mssgate schema > config/mssgate.schema.json"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_name_the_schema_for_editors(path: Path) -> None:
+    first = path.read_text("utf-8").splitlines()[0]
+    assert first == "# yaml-language-server: $schema=./mssgate.schema.json"
+
+
+def test_examples_validate_against_the_json_schema() -> None:
+    """The JSON Schema agrees with the validator on the example policies (no false alarm in
+    an editor): every key of every example is known to the schema."""
+    import json
+
+    import yaml
+
+    schema = json.loads((ROOT / "config" / "mssgate.schema.json").read_text("utf-8"))
+    defs = schema["$defs"]
+
+    def check(value: object, node: dict, where: str) -> None:
+        if "$ref" in node:
+            node = defs[node["$ref"].split("/")[-1]]
+        for option in node.get("anyOf", []):
+            if option.get("type") == "object" or "$ref" in option:
+                node = defs[option["$ref"].split("/")[-1]] if "$ref" in option else option
+        if isinstance(value, dict) and "properties" in node:
+            for key, item in value.items():
+                assert key in node["properties"], f"{where}.{key} unknown to the schema"
+                check(item, node["properties"][key], f"{where}.{key}")
+        elif isinstance(value, list) and "items" in node:
+            for i, item in enumerate(value):
+                check(item, node["items"], f"{where}.{i}")
+
+    for path in EXAMPLES:
+        check(yaml.safe_load(path.read_text("utf-8")), schema, path.name)
