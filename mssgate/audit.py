@@ -39,7 +39,10 @@ from mssgate.events import DecisionEvent
 from mssgate.privacy import pseudonymise
 from mssgate.schema import AuditConfig
 
-_EMAIL = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
+# An address-like token: it starts after a delimiter (the lookbehind keeps the scan linear on
+# long texts without "@", which an upstream's answer may be).
+_TOKEN = r"[^\s<>\"'(),;:\[\]]"
+_EMAIL = re.compile(rf"(?<!{_TOKEN}){_TOKEN}+@{_TOKEN}+")
 # A NIR (13) or INS matricule (15), with Corsica's 2A/2B, standing alone in a text.
 _INS_TOKEN = re.compile(
     r"(?<![A-Za-z0-9])[0-9]{5}(?:[0-9]{2}|2[AaBb])[0-9]{6}(?:[0-9]{2})?(?![A-Za-z0-9])"

@@ -473,6 +473,9 @@ def _parse_entity(
     )
 
 
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?=\n|\Z)")
+
+
 def _parse_multipart(
     raw: bytes,
     start: int,
@@ -487,15 +490,25 @@ def _parse_multipart(
         bnd = boundary.encode("utf-8")
     except UnicodeEncodeError:
         bnd = boundary.encode("latin-1", "replace")
-    delim_re = re.compile(rb"^--" + re.escape(bnd) + rb"(--)?[ \t]*\r?$", re.MULTILINE)
+    needle = b"--" + bnd
     children: list[Part] = []
     part_start: int | None = None
     closed = False
-    for m in delim_re.finditer(raw, start, end):
-        if m.start() != start and raw[m.start() - 1 : m.start()] != b"\n":
-            continue  # only possible when start is not at a line start
+    # Candidates found with bytes.find (fast on megabytes of base64), then checked to be a
+    # whole delimiter line: at a line start, then only "--", blanks and a line end.
+    pos = start
+    while True:
+        at = raw.find(needle, pos, end)
+        if at < 0:
+            break
+        pos = at + 1
+        if at > 0 and raw[at - 1 : at] != b"\n":
+            continue
+        m = _DELIMITER_TAIL.match(raw, at + len(needle), end)
+        if m is None:
+            continue
         if part_start is not None:
-            part_end = m.start()
+            part_end = at
             if part_end > part_start and raw[part_end - 1 : part_end] == b"\n":
                 part_end -= 1
                 if part_end > part_start and raw[part_end - 1 : part_end] == b"\r":

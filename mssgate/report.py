@@ -190,11 +190,8 @@ class _Tally:
         if rule == "patients":
             self.patient_refusals += 1
 
-    def close_pending(self, session: str) -> None:
-        """A session's envelope refusals that never reached DATA: one stopped send."""
-        group = self.pending.pop(session, None)
-        if group is None:
-            return
+    def stopped(self, group: _Pending) -> None:
+        """Envelope refusals that never reached DATA: one stopped send."""
         if group.refused:
             self.refused_before += 1
             self.refused_send(group.day, group.rule, group.sender)
@@ -202,13 +199,24 @@ class _Tally:
             self.tempfailed_before += 1
             self.day(group.day).tempfailed += 1
 
-    def envelope(self, session: str, day: date, rule: str, sender: str, action: str) -> None:
+    def close_pending(self, session: str) -> None:
+        """The session's pending envelope refusals, if any, never reached DATA."""
+        group = self.pending.pop(session, None)
+        if group is not None:
+            self.stopped(group)
+
+    def envelope(
+        self, stage: str, session: str, day: date, rule: str, sender: str, action: str
+    ) -> None:
+        """A MAIL or RCPT refusal: pending until the session reaches DATA (or not)."""
         self.envelope_refusals += 1
         refused = action == "reject"
-        if not session:
-            # No session to follow: a stopped send of its own.
-            self.pending[""] = _Pending(day, rule, sender, refused)
-            self.close_pending("")
+        if stage == "mail" or not session:
+            # A refused MAIL starts no transaction (and without a session nothing can follow):
+            # the session's earlier refusals are over, and this one is a stopped send itself.
+            if session:
+                self.close_pending(session)
+            self.stopped(_Pending(day, rule, sender, refused))
             return
         group = self.pending.get(session)
         if group is None:
@@ -275,12 +283,9 @@ def compute_indicators(
         if stage == "data":
             tally.data(record, day, session)
         elif action != "accept":
-            if stage == "mail" and session:
-                tally.close_pending(session)  # a new transaction: earlier refusals stopped
             sender = str(record.get("sender") or "")
-            tally.envelope(session, day, str(record.get("rule") or "?"), sender, str(action))
-            if stage == "mail" and session:
-                tally.close_pending(session)  # MAIL refused: this transaction never starts
+            rule = str(record.get("rule") or "?")
+            tally.envelope(str(stage), session, day, rule, sender, str(action))
     for session in list(tally.pending):
         tally.close_pending(session)
 
@@ -466,7 +471,7 @@ h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 2px solid #dfe6ee;
      padding-bottom: .2em; color: #123d63; }
 .period { color: #55606d; margin-top: 0; }
 .tiles { display: flex; gap: 1em; flex-wrap: wrap; margin: 1.2em 0; }
-.tile { flex: 1 1 200px; border: 1px solid #dfe6ee; border-radius: 8px; padding: .8em 1em;
+.tile { flex: 1 1 150px; border: 1px solid #dfe6ee; border-radius: 8px; padding: .8em 1em;
         background: #f6f9fc; }
 .tile .value { font-size: 2em; font-weight: bold; color: #123d63; }
 .tile.good .value { color: #1b7f5f; }
@@ -573,7 +578,7 @@ def render_html(ind: Indicators) -> str:
     tiles = [
         ("", french_number(ind.messages), "messages traités"),
         ("good", french_percent(share), "des messages acceptés passés par MSSanté"),
-        ("bad", french_number(ind.refused_sends), "envois refusés (dont avant DATA)"),
+        ("bad", french_number(ind.refused_sends), "envois refusés (à DATA ou avant)"),
         ("", french_number(ind.signatures_added), "signatures MSSanté ajoutées"),
         ("", french_number(ind.patient_messages), "messages acceptés vers des patients"),
     ]

@@ -28,11 +28,18 @@ def parse_since(text: str) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+def _rotation(path: Path) -> int:
+    """The rotation number of ``audit.jsonl.N`` (or ``.N.gz``): higher is older; 0 otherwise."""
+    name = path.name.removesuffix(".gz")
+    suffix = name.rpartition(".")[2]
+    return int(suffix) if suffix.isdigit() else 0
+
+
 def _chronological(paths: list[str]) -> list[Path]:
-    """The files oldest first (rotated copies ``audit.jsonl.N`` before ``audit.jsonl``)."""
+    """The files oldest first: by modification time, then rotated copies before the current."""
     files = [Path(p) for p in paths]
     try:
-        return sorted(files, key=lambda p: p.stat().st_mtime)
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, -_rotation(p)))
     except OSError:
         return files  # the unreadable one is reported when it is opened
 

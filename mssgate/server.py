@@ -160,14 +160,6 @@ def normalize_line_endings(content: bytes) -> bytes:
     return _LINE_ENDINGS.sub(b"\r\n", content)
 
 
-def unstuff(buffer: bytearray, end: int) -> bytes:
-    """The message from a DATA buffer that starts with a virtual CRLF and whose message ends
-    at ``end`` (its final CRLF included): the leading dot of each line removed."""
-    if buffer.find(b"\r\n.", 0, end) < 0:
-        return bytes(memoryview(buffer)[2:end])
-    return bytes(buffer[:end].replace(b"\r\n.", b"\r\n"))[2:]
-
-
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with mssgate's per-connection defences and transaction state."""
 
@@ -288,16 +280,27 @@ class GatewaySMTP(SMTP):
         buffer = bytearray(b"\r\n")
         held = 0
         scan = 0
+        stuffed = False  # a line starts with a dot somewhere: unstuff needed
         problem: str | None = None
-        while True:
+        end = -1
+        while end < 0:
             chunk = await self._reader.read(_CHUNK)
             if not chunk:
                 return None, held, None
             buffer += chunk
-            end = buffer.find(_TERMINATOR, scan)
+            # One pass finds both the end of data and the dot-stuffed lines.
+            while True:
+                dot = buffer.find(b"\r\n.", scan)
+                if dot < 0 or dot + 5 > len(buffer):
+                    scan = max(scan, len(buffer) - 4) if dot < 0 else dot
+                    break
+                if buffer[dot + 3 : dot + 5] == b"\r\n":
+                    end = dot
+                    break
+                stuffed = True
+                scan = dot + 3
             if end >= 0:
                 break
-            scan = max(0, len(buffer) - 4)
             if problem is None:
                 held += len(chunk)
                 if not self.budget.take(len(chunk)):
@@ -306,9 +309,10 @@ class GatewaySMTP(SMTP):
                 elif limit and len(buffer) - 2 > limit:
                     problem = f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
             if problem is not None:
-                # Keep only what the end-of-data search needs.
-                del buffer[: len(buffer) - 4]
-                scan = 0
+                # Keep only what the end-of-data search still has to look at.
+                cut = max(0, min(scan, len(buffer) - 4))
+                del buffer[:cut]
+                scan -= cut
                 self.budget.give(held)
                 held = 0
         leftover = bytes(buffer[end + 5 :])
@@ -319,7 +323,11 @@ class GatewaySMTP(SMTP):
             return b"", held, problem
         if limit and end > limit:
             return b"", held, f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
-        content = normalize_line_endings(unstuff(buffer, end + 2))
+        if stuffed:
+            content = bytes(buffer[: end + 2].replace(b"\r\n.", b"\r\n"))[2:]
+        else:
+            content = bytes(memoryview(buffer)[2 : end + 2])
+        content = normalize_line_endings(content)
         del buffer
         too_long = re.search(rb"[^\r\n]{%d}" % (self.listen.max_line_length - 1), content)
         if too_long is not None:
