@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,16 @@ async def _serve(
         print("mssgate arrêté", flush=True)
 
 
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run the service on uvloop when it is installed (``pip install mssgate[fast]``)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the gateway until SIGINT/SIGTERM."""
     logging.basicConfig(
@@ -81,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(_serve(_load(args.config), args.config, args.host, args.port))
+        run_loop(_serve(_load(args.config), args.config, args.host, args.port))
     except ConfigError as exc:
         _print_errors(exc)
         return EXIT_ERROR
