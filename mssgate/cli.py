@@ -17,6 +17,7 @@ from mssgate.auth import hash_password
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
 from mssgate.decide import decide
 from mssgate.model import Envelope
+from mssgate.report_cli import add_report_parser
 from mssgate.schema import PolicyDocument
 from mssgate.service import Service
 from mssgate.texts import smtp_reply
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-password", help="hacher un mot de passe pour users[].password_hash"
     )
     hashpw.set_defaults(func=cmd_hash_password)
+
+    add_report_parser(sub)
 
     schema = sub.add_parser("schema", help="afficher le schéma JSON de la politique")
     schema.set_defaults(func=cmd_schema)

@@ -180,9 +180,11 @@ class _Tally:
         self.pending: dict[str, _Pending] = {}
 
     def day(self, day: date) -> _Day:
+        """The counters of one day."""
         return self.days.setdefault(day, _Day())
 
     def refused_send(self, day: date, rule: str, sender: str) -> None:
+        """Count one refused send (a message, or envelope refusals that stopped there)."""
         self.day(day).refused += 1
         self.rules[rule] += 1
         if rule in OUTSIDE_RULES and sender:
@@ -225,6 +227,7 @@ class _Tally:
             group.refused, group.rule = True, rule
 
     def data(self, record: Mapping[str, Any], day: date, session: str) -> None:
+        """Count one message (a ``data`` record), with its session's envelope refusals."""
         self.messages += 1
         action = str(record.get("action", ""))
         rule = str(record.get("rule") or "")
