@@ -396,6 +396,24 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], numeric: set[in
     return [line(header), "  " + "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
 
 
+_PER_DAY_HEAD = ("jour", "MSSanté", "ordinaire", "refusés", "échecs temp.", "total")
+
+
+def _per_day_rows(ind: Indicators) -> list[tuple[str, ...]]:
+    """The per-day table's rows, for the text and the HTML report alike."""
+    return [
+        (
+            french_date(d.day),
+            str(d.mssante),
+            str(d.ordinary),
+            str(d.refused),
+            str(d.tempfailed),
+            str(d.total),
+        )
+        for d in ind.per_day
+    ]
+
+
 def render_text(ind: Indicators) -> str:
     """The report as French plain text, columns aligned."""
     out = [
@@ -435,21 +453,7 @@ def render_text(ind: Indicators) -> str:
         out.append("  aucun")
     out += ["", "Envois par jour"]
     if ind.per_day:
-        out += _table(
-            ("jour", "MSSanté", "ordinaire", "refusés", "échecs temp.", "total"),
-            [
-                (
-                    french_date(d.day),
-                    str(d.mssante),
-                    str(d.ordinary),
-                    str(d.refused),
-                    str(d.tempfailed),
-                    str(d.total),
-                )
-                for d in ind.per_day
-            ],
-            {1, 2, 3, 4, 5},
-        )
+        out += _table(_PER_DAY_HEAD, _per_day_rows(ind), {1, 2, 3, 4, 5})
     else:
         out.append("  aucun")
     if ind.invalid:
@@ -650,23 +654,7 @@ def render_html(ind: Indicators) -> str:
         parts.append("<p>Aucun.</p>")
     parts.append("<h2>Envois par jour (détail)</h2>")
     if ind.per_day:
-        parts.append(
-            _html_table(
-                ("jour", "MSSanté", "ordinaire", "refusés", "échecs temp.", "total"),
-                [
-                    (
-                        french_date(d.day),
-                        str(d.mssante),
-                        str(d.ordinary),
-                        str(d.refused),
-                        str(d.tempfailed),
-                        str(d.total),
-                    )
-                    for d in ind.per_day
-                ],
-                {1, 2, 3, 4, 5},
-            )
-        )
+        parts.append(_html_table(_PER_DAY_HEAD, _per_day_rows(ind), {1, 2, 3, 4, 5}))
     notes = (
         "Un message est une décision à la fin de DATA ; les refus à MAIL FROM ou RCPT TO d'une "
         "session qui n'est pas allée jusqu'à DATA comptent comme un envoi arrêté avant DATA. "
