@@ -345,14 +345,20 @@ class SmtpRelay:
         return await send_data(client, delivery.message, self.config.timeout)
 
 
+def dot_stuffed(message: bytes) -> list[bytes]:
+    """The DATA payload of a CRLF message, in pieces written one after the other (no copy of
+    a large message just to add a few bytes): leading dots doubled, then the final dot."""
+    pieces = [b"."] if message.startswith(b".") else []
+    pieces.append(message.replace(b"\r\n.", b"\r\n.."))
+    if not message.endswith(b"\r\n"):
+        pieces.append(b"\r\n")
+    pieces.append(b".\r\n")
+    return pieces
+
+
 def dot_stuff(message: bytes) -> bytes:
-    """The DATA payload of a CRLF message: leading dots doubled, final CRLF and dot added."""
-    payload = message.replace(b"\r\n.", b"\r\n..")
-    if payload.startswith(b"."):
-        payload = b"." + payload
-    if not payload.endswith(b"\r\n"):
-        payload += b"\r\n"
-    return payload + b".\r\n"
+    """:func:`dot_stuffed` joined (for tests and small messages)."""
+    return b"".join(dot_stuffed(message))
 
 
 async def send_data(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> str:
@@ -375,7 +381,8 @@ async def send_data(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> 
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         protocol._response_pending = True
-        protocol.write(dot_stuff(message))
+        for piece in dot_stuffed(message):
+            protocol.write(piece)
         response = await protocol.read_response(timeout=timeout)
     if response.code != 250:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
