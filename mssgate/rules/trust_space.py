@@ -33,11 +33,8 @@ def check_trust_space(policy: Policy, tx: Transaction) -> Verdict | None:
         )
         return Verdict(RULE, 550, "5.7.1", text, tuple(outside))
     if not inside_senders and inside:
-        sender = (
-            tx.sender.address
-            if tx.sender
-            else (tx.header_from[0].address if tx.header_from else "")
-        )
+        # A bounce (MAIL FROM:<>) may have no readable From either: say so.
+        sender = tx.senders[0].address if tx.senders else "<> (expéditeur vide)"
         profile = policy.profile_for(*(c.address for c in tx.senders))
         template = rule.reply_ordinary_sender_hint if profile else rule.reply_ordinary_sender
         text = render(
