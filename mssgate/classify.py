@@ -546,7 +546,22 @@ def _classify_domain(ascii_domain: str, domains: DomainSets) -> _DomainVerdict:
 
 
 def classify_address(address: str, domains: DomainSets = DomainSets()) -> Classification:
-    """Classify one address; never raises (malformed text is INVALID/SYNTAX)."""
+    """Classify one address; never raises (malformed text is INVALID/SYNTAX).
+
+    Results are memoised (a pure function of its two immutable arguments): a cabinet writes
+    to the same few hundred addresses all day, and the lookalike checks are not free.
+    """
+    if len(address) > 1024:
+        return _classify(address, domains)
+    return _classify_cached(address, domains)
+
+
+@lru_cache(maxsize=16384)
+def _classify_cached(address: str, domains: DomainSets) -> Classification:
+    return _classify(address, domains)
+
+
+def _classify(address: str, domains: DomainSets) -> Classification:
     written = _unwrap(address)
     parts = split_address(address)
     ascii_domain = normalize_domain(parts[1]) if parts is not None else None
