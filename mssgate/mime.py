@@ -123,6 +123,9 @@ class ParsedMessage:
     line_ending: bytes
     """``b"\\r\\n"`` or ``b"\\n"``, detected from the header block."""
     defects: tuple[str, ...]
+    raw_headers: tuple[tuple[str, str], ...] = ()
+    """Top-level fields as (lower-case name, unfolded value *not* RFC 2047-decoded): what
+    address parsing needs, read once."""
 
     def header(self, name: str) -> str | None:
         """First top-level value of header ``name`` (case-insensitive), or None."""
@@ -547,11 +550,14 @@ def parse_message(raw: bytes, max_depth: int = 32) -> ParsedMessage:
     except Exception as exc:  # defensive: the parser must never raise
         defects.append(f"parser error: {type(exc).__name__}")
         root = Part("text/plain", Params(), None, None, "7bit", 0, 0, len(raw), (), ())
+    scan = _scan_header(raw, root.header_start, root.body_start, True)
+    raw_headers = tuple((f.name.lower(), _unfold(f.value)) for f in _fields(raw, scan))
     return ParsedMessage(
         raw=raw,
         root=root,
         line_ending=_detect_line_ending(raw),
         defects=tuple(dict.fromkeys(defects)),
+        raw_headers=raw_headers,
     )
 
 
@@ -572,14 +578,8 @@ def walk(part: Part) -> Iterator[Part]:
 def header_addresses(msg: ParsedMessage, names: Sequence[str] = ("to", "cc")) -> tuple[str, ...]:
     """addr-spec of every address in the named top-level headers, in order, no empties."""
     wanted = {n.lower() for n in names}
-    scan = _scan_header(msg.raw, msg.root.header_start, msg.root.body_start, True)
     # Parse the undecoded values: an RFC 2047 display name may hide a comma or a bracket.
-    values = [_unfold(f.value) for f in _fields(msg.raw, scan) if f.name.lower() in wanted]
-    try:
-        pairs = getaddresses(values)
-    except Exception:
-        return ()
-    return tuple(addr.strip() for _, addr in pairs if addr.strip())
+    return tuple(_safe_addrs([v for k, v in msg.raw_headers if k in wanted]))
 
 
 _B64_JUNK = bytes(
@@ -845,11 +845,46 @@ def forward_origins(msg: ParsedMessage) -> tuple[ForwardOrigin, ...]:
     return tuple(dict.fromkeys(out))
 
 
+_COMPLEX_ADDRESS = re.compile(r'["()\\:;]')
+
+
+def _simple_addresses(value: str) -> list[str] | None:
+    """The addresses of a plain list (``a@b, Name <c@d>``), or None when the value needs the
+    full RFC 5322 parser (quotes, comments, groups, escapes)."""
+    if _COMPLEX_ADDRESS.search(value):
+        return None
+    found = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "<" in item:
+            inner = item[item.rfind("<") + 1 :]
+            close = inner.find(">")
+            if close < 0 or inner[close + 1 :].strip():
+                return None
+            address = inner[:close].strip()
+        elif " " in item or "\t" in item:
+            return None
+        else:
+            address = item
+        if address:
+            found.append(address)
+    return found
+
+
 def _safe_addrs(values: list[str]) -> list[str]:
-    try:
-        return [a.strip() for _, a in getaddresses(values) if a.strip()]
-    except Exception:
-        return []
+    """The addr-specs of header values: a fast path for plain lists, else the stdlib parser."""
+    found: list[str] = []
+    for value in values:
+        simple = _simple_addresses(value)
+        if simple is None:
+            try:
+                simple = [a.strip() for _, a in getaddresses([value]) if a.strip()]
+            except Exception:
+                simple = []
+        found.extend(simple)
+    return found
 
 
 _OPAQUE_DEFECTS = ("depth limit", "encoded container kept opaque", "parser error")
