@@ -250,6 +250,12 @@ class SmtpRelay:
             return RelayFailure(
                 451, "4.4.2", f"serveur {self.route.value} : délai dépassé, rien n'a été envoyé"
             )
+        if isinstance(exc, UnicodeEncodeError):
+            return RelayFailure(
+                553,
+                "5.6.7",
+                f"serveur {self.route.value} : adresse internationalisée sans SMTPUTF8",
+            )
         if isinstance(exc, aiosmtplib.SMTPException | OSError | _StaleConnection):
             return RelayFailure(
                 451, "4.4.1", f"serveur {self.route.value} injoignable ({type(exc).__name__})"
@@ -326,16 +332,22 @@ class SmtpRelay:
                     f"serveur {self.route.value} : adresses internationalisées non prises "
                     "en charge (SMTPUTF8)",
                 )
+        opts = [o.encode("ascii") for o in options]
         try:
-            await client.mail(mail_from, options=options, encoding=encoding)
+            answer = await client.execute_command(
+                b"MAIL", b"FROM:" + envelope_address(mail_from, encoding), *opts
+            )
         except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
             raise _StaleConnection from exc
+        if answer.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail_from)
         refused: list[tuple[str, int, str]] = []
         for rcpt in delivery.recipients:
-            try:
-                await client.rcpt(rcpt, encoding=encoding)
-            except aiosmtplib.SMTPRecipientRefused as exc:
-                refused.append((rcpt, exc.code, exc.message))
+            answer = await client.execute_command(
+                b"RCPT", b"TO:" + envelope_address(rcpt, encoding)
+            )
+            if answer.code not in (250, 251):
+                refused.append((rcpt, answer.code, answer.message))
         if refused:
             # All or nothing: never deliver to part of the recipients.
             await client.rset()
@@ -343,6 +355,17 @@ class SmtpRelay:
             rcpt, code, message = (permanent or refused)[0]
             raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
         return await send_data(client, delivery.message, self.config.timeout)
+
+
+def envelope_address(address: str, encoding: str) -> bytes:
+    """``<address>`` for MAIL FROM / RCPT TO.
+
+    The addresses come from mssgate's own SMTP parser and were classified by the policy:
+    they are passed as they are, without aiosmtplib's re-parsing through the email package
+    (which costs more than the whole decision on a small message). CR, LF and NUL never reach
+    here (aiosmtpd splits commands on CRLF) and aiosmtplib refuses them again.
+    """
+    return b"<" + address.encode(encoding) + b">"
 
 
 def dot_stuffed(message: bytes) -> list[bytes]:
