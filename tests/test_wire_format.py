@@ -50,3 +50,27 @@ def test_dot_stuffing_round_trips_like_a_receiver_unstuffs(lines: list[bytes]) -
     body = payload[: -len(b".\r\n")]
     received = [line[1:] if line.startswith(b".") else line for line in body.split(b"\r\n")]
     assert b"\r\n".join(received) == message
+
+
+class _NoHandler:
+    """aiosmtpd needs a handler object to build a protocol."""
+
+
+@given(st.text(alphabet=st.sampled_from(list("<>@.-+_ aAzZ09\"'\t=é[]:,")), max_size=40))
+def test_address_fast_path_agrees_with_aiosmtpd(arg: str) -> None:
+    """MAIL FROM / RCPT TO parsing: the plain form read directly gives what aiosmtpd's full
+    parser gives (and anything else goes to that parser)."""
+    from aiosmtpd.smtp import SMTP
+
+    from mssgate.server import GatewaySMTP
+
+    stock = SMTP(_NoHandler())
+    fast = GatewaySMTP.__new__(GatewaySMTP)
+    fast.local_part_limit = stock.local_part_limit
+    try:
+        expected = SMTP._getaddr(stock, arg)
+    except Exception as exc:  # aiosmtpd's parser raises IndexError on "0@": so do we
+        with pytest.raises(type(exc)):
+            GatewaySMTP._getaddr(fast, arg)
+        return
+    assert GatewaySMTP._getaddr(fast, arg) == expected
