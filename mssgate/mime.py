@@ -391,12 +391,15 @@ def _parse_entity(
     max_depth: int,
     default_type: str,
     defects: list[str],
+    unfolded_out: list[tuple[str, str]] | None = None,
 ) -> Part:
     scan = _scan_header(raw, start, end, allow_unix_from=(start == 0))
     if not scan.had_blank and (scan.fields_end < end or scan.fields_end > start):
         defects.append("header block without blank line")
     raw_fields = _fields(raw, scan)
     unfolded = [(f.name, _unfold(f.value)) for f in raw_fields]
+    if unfolded_out is not None:
+        unfolded_out.extend(unfolded)
     headers = tuple((name, _decode_2047(value)) for name, value in unfolded)
 
     ct_value = _first(unfolded, "content-type")
@@ -545,13 +548,15 @@ def parse_message(raw: bytes, max_depth: int = 32) -> ParsedMessage:
     raw = bytes(raw)
     max_depth = max(0, min(int(max_depth), _MAX_DEPTH_CAP))
     defects: list[str] = []
+    top: list[tuple[str, str]] = []
     try:
-        root = _parse_entity(raw, 0, len(raw), 0, max_depth, "text/plain", defects)
+        root = _parse_entity(
+            raw, 0, len(raw), 0, max_depth, "text/plain", defects, unfolded_out=top
+        )
     except Exception as exc:  # defensive: the parser must never raise
         defects.append(f"parser error: {type(exc).__name__}")
         root = Part("text/plain", Params(), None, None, "7bit", 0, 0, len(raw), (), ())
-    scan = _scan_header(raw, root.header_start, root.body_start, True)
-    raw_headers = tuple((f.name.lower(), _unfold(f.value)) for f in _fields(raw, scan))
+    raw_headers = tuple((name.lower(), value) for name, value in top)
     return ParsedMessage(
         raw=raw,
         root=root,

@@ -32,19 +32,10 @@ class Transaction:
     visible: tuple[Classification, ...]
     """Header To and Cc addresses (what every recipient sees)."""
     message: ParsedMessage | None
-
-    @property
-    def senders(self) -> tuple[Classification, ...]:
-        """MAIL FROM and header From together."""
-        return ((self.sender,) if self.sender else ()) + self.header_from
-
-    @property
-    def all_recipients(self) -> tuple[Classification, ...]:
-        """Envelope and visible header recipients, each address once."""
-        seen: dict[str, Classification] = {}
-        for c in (*self.recipients, *self.visible):
-            seen.setdefault(c.normalized.lower(), c)
-        return tuple(seen.values())
+    senders: tuple[Classification, ...] = ()
+    """MAIL FROM and header From together."""
+    all_recipients: tuple[Classification, ...] = ()
+    """Envelope and visible header recipients, each address once."""
 
 
 def build_transaction(
@@ -58,13 +49,19 @@ def build_transaction(
     if message is not None:
         header_from = _readable(policy, header_addresses(message, ("from",)))
         visible = _readable(policy, header_addresses(message, ("to", "cc")))
+    recipients = tuple(classify(r) for r in envelope.rcpt_tos)
+    unique: dict[str, Classification] = {}
+    for c in (*recipients, *visible):
+        unique.setdefault(c.normalized.lower(), c)
     return Transaction(
         envelope=envelope,
         sender=sender,
         header_from=header_from,
-        recipients=tuple(classify(r) for r in envelope.rcpt_tos),
+        recipients=recipients,
         visible=visible,
         message=message,
+        senders=((sender,) if sender else ()) + header_from,
+        all_recipients=tuple(unique.values()),
     )
 
 
