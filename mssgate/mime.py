@@ -794,24 +794,21 @@ def _addresses_in(text: str) -> list[str]:
 
 
 def _inline_origins(text: str) -> list[ForwardOrigin]:
+    # Every origin is an address on some line: no "@", nothing to find (most messages).
+    if "@" not in text:
+        return []
     lines = [_QUOTE_PREFIX_RE.sub("", ln).strip() for ln in text.splitlines()]
     out: list[ForwardOrigin] = []
     n = len(lines)
-    for i, line in enumerate(lines):
-        if _FWD_MARKER_RE.match(line):
-            seen = 0
-            for j in range(i + 1, min(n, i + 12)):
-                if not lines[j]:
-                    continue
-                seen += 1
-                fm = _FROM_LINE_RE.match(lines[j])
-                if fm:
-                    out.extend(ForwardOrigin("inline_forward", a) for a in _addresses_in(fm[1]))
-                    break
-                if seen >= 6:
-                    break
+    # Only lines holding an address (or just before one: a two-line attribution) can yield an
+    # origin; forward markers are looked for above such a From line.
+    near = sorted({j for i, ln in enumerate(lines) if "@" in ln for j in (i - 1, i) if j >= 0})
+    for i in near:
+        line = lines[i]
         fm = _FROM_LINE_RE.match(line)
         if fm:
+            if _after_forward_marker(lines, i):
+                out.extend(ForwardOrigin("inline_forward", a) for a in _addresses_in(fm[1]))
             window = lines[i + 1 : i + 5]
             if any(_SENT_LINE_RE.match(ln) for ln in window) and any(
                 _TO_LINE_RE.match(ln) for ln in window
@@ -824,6 +821,22 @@ def _inline_origins(text: str) -> list[ForwardOrigin]:
             if _ATTRIB_END_RE.search(candidate):
                 out.extend(ForwardOrigin("quoted_reply", a) for a in _addresses_in(candidate))
     return out
+
+
+def _after_forward_marker(lines: list[str], at: int) -> bool:
+    """True when the From line at ``at`` is the first one of a forwarded block: a marker line
+    ("-------- Message transféré --------"...) stands at most six non-empty lines above, with
+    no other From line in between."""
+    seen = 0
+    for j in range(at - 1, max(-1, at - 12), -1):
+        if not lines[j]:
+            continue
+        if _FWD_MARKER_RE.match(lines[j]):
+            return True
+        seen += 1
+        if seen >= 6 or _FROM_LINE_RE.match(lines[j]):
+            return False
+    return False
 
 
 def forward_origins(msg: ParsedMessage) -> tuple[ForwardOrigin, ...]:

@@ -748,7 +748,8 @@ class GatewayHandler:
             self.observers.relay(delivery.route.value, time.monotonic() - began, "ok")
             details.append(outcome.detail)
             size_out += len(delivery.message)
-        log.info(
+        # Per-message success is the audit trail's job; the log keeps what needs attention.
+        log.debug(
             "%s message relayed via %s%s",
             session.peer,
             "+".join(d.route.value for d in decision.deliveries),
