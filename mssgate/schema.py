@@ -109,8 +109,9 @@ class ListenConfig(StrictModel):
     max_line_length: Annotated[int, Field(ge=1000, le=1024 * 1024)] = 8192
     """Longest line accepted in DATA, CRLF included (RFC 5321 says 1000; clients exceed it)."""
     max_inflight_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
-    """Message bytes held in memory at once, all sessions together; past it, new DATA gets
-    ``452`` (try later) and a message that would cross it is refused with ``452``."""
+    """Memory for messages in flight, all sessions together (each message counts three times
+    its size: read, rewritten, being relayed); past it, new DATA gets ``452`` (try later) and
+    a message that would cross it is refused with ``452``."""
     max_connections: Annotated[int, Field(ge=1, le=100000)] = 200
     max_connections_per_client: Annotated[int, Field(ge=1, le=100000)] = 20
     client_timeout: Annotated[float, Field(gt=0)] = 300.0

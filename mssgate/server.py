@@ -48,6 +48,8 @@ DomainCheckFn = Callable[[str], Awaitable[str]]
 """Recipient domain -> ``"exists"``, ``"missing"`` or ``"tempfail"``."""
 
 ONE_ROUTE = "one_route_per_message"
+COPIES_IN_FLIGHT = 3
+"""How many times a message's size counts against ``listen.max_inflight_bytes``."""
 _MARGIN = 15.0
 """Seconds left to answer the client after the upstream budget ran out."""
 _CALL_LIMITS = {
@@ -331,8 +333,11 @@ class GatewaySMTP(SMTP):
             if end >= 0:
                 break
             if problem is None:
-                held += len(chunk)
-                if not self.budget.take(len(chunk)):
+                # A message is held about three times while it is read, decided (signature:
+                # a rewritten copy) and relayed (the dot-stuffed copy in the socket's buffer).
+                cost = COPIES_IN_FLIGHT * len(chunk)
+                held += cost
+                if not self.budget.take(cost):
                     messages = self.event_handler.current_policy().document.messages
                     problem = smtp_reply(452, "4.3.1", messages.busy)
                 elif limit and len(buffer) - 2 > limit:
