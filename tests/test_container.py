@@ -108,18 +108,24 @@ class _HealthHandler(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def http_server(status: int) -> Iterator[int]:
-    """An HTTP server on 127.0.0.1 answering ``/healthz`` with ``status``; yields its port."""
-    handler = type("Handler", (_HealthHandler,), {"status": status})
-    server = http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)
+def _serving(server: socketserver.BaseServer) -> Iterator[int]:
+    """Serve in a thread on its loopback port; shut down and joined afterwards."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield int(server.server_address[1])
+        yield int(server.server_address[1])  # type: ignore[index]
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextlib.contextmanager
+def http_server(status: int) -> Iterator[int]:
+    """An HTTP server on 127.0.0.1 answering ``/healthz`` with ``status``; yields its port."""
+    handler = type("Handler", (_HealthHandler,), {"status": status})
+    with _serving(http.server.ThreadingHTTPServer((LOOPBACK, 0), handler)) as port:
+        yield port
 
 
 class _BannerHandler(socketserver.BaseRequestHandler):
@@ -134,14 +140,8 @@ def banner_server() -> Iterator[int]:
     """A TCP server on 127.0.0.1 greeting with an SMTP 220 banner; yields its port."""
     server = socketserver.ThreadingTCPServer((LOOPBACK, 0), _BannerHandler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with _serving(server) as port:
+        yield port
 
 
 def healthcheck(policy: Path, **env: str) -> tuple[int, str]:
