@@ -73,14 +73,15 @@ def route_of(policy: Policy, address: str) -> Route:
     return Route.MSSANTE if in_trust_space(policy, policy.classify(address)) else Route.ORDINARY
 
 
-def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, str]:
-    """The ordinary-route bytes, with the preferred-address signature where it applies."""
+def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, bool, str]:
+    """The ordinary-route bytes, with the preferred-address signature where it applies:
+    (bytes, signature added, no line starts with a dot that did not already, note)."""
     settings = policy.document.signature
     if not settings.enabled:
-        return raw, False, "signature: disabled"
+        return raw, False, True, "signature: disabled"
     profile = policy.profile_for(*(c.address for c in tx.senders))
     if profile is None:
-        return raw, False, "signature: sender unknown to the policy"
+        return raw, False, True, "signature: sender unknown to the policy"
     values = {"name": profile.name, "place": profile.place, "preferred_bal": profile.preferred_bal}
     assert tx.message is not None
     result = add_signature(
@@ -91,7 +92,7 @@ def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, str
         marker=(settings.marker_header, "added"),
         skip_dkim_signed=settings.skip_dkim_signed,
     )
-    return result.message, result.added, f"signature: {result.reason}"
+    return result.message, result.added, result.dot_safe, f"signature: {result.reason}"
 
 
 def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
@@ -112,11 +113,19 @@ def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
         extra = policy.copies.get(envelope.mail_from.lower(), ())
         known = {r.lower() for r in inside}
         copies = tuple(c for c in extra if c not in known)
-        deliveries.append(Delivery(Route.MSSANTE, inside + copies, raw))
+        deliveries.append(Delivery(Route.MSSANTE, inside + copies, raw, dot_free=envelope.dot_free))
     if outside:
-        signed, added, note = _sign(policy, tx, raw)
+        signed, added, dot_safe, note = _sign(policy, tx, raw)
         notes.append(note)
-        deliveries.append(Delivery(Route.ORDINARY, outside, signed, signature_added=added))
+        deliveries.append(
+            Delivery(
+                Route.ORDINARY,
+                outside,
+                signed,
+                signature_added=added,
+                dot_free=envelope.dot_free and dot_safe,
+            )
+        )
     routes = " + ".join(d.route.value for d in deliveries)
     return Decision(
         action=Action.ACCEPT,

@@ -153,6 +153,9 @@ class SignatureResult:
     message: bytes
     added: bool
     reason: str
+    dot_safe: bool = True
+    """True when every line of ``message`` that starts with a dot was already such a line of
+    the original (what lets the relay skip the dot-stuffing scan)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -982,7 +985,11 @@ class _Edits:
                 mine.lines.extend(end.lines)
                 mine.blank = mine.blank or end.blank
 
-    def apply(self, raw: bytes) -> bytes:
+    def apply(self, raw: bytes) -> tuple[bytes, bool]:
+        """The edited bytes, and whether no edit started a line with a dot.
+
+        The unchanged stretches are views of ``raw``: the one copy is the final join.
+        """
         items: list[tuple[int, int, int, bytes]] = []
         for pos, end in self.header_ends.items():
             data = b"".join(line + end.le for _, line in sorted(end.lines, key=lambda x: x[0]))
@@ -994,16 +1001,27 @@ class _Edits:
                 data = end.le + data  # the last header line ended the data
             items.append((pos, pos, 0, data))
         items.extend((start, stop, 1, data) for start, stop, data in self.replacements)
-        out: list[bytes] = []
+        view = memoryview(raw)
+        out: list[bytes | memoryview] = []
+        inserted: list[tuple[int, int]] = []  # (offset in the result, length)
         cursor = 0
+        size = 0
         for start, stop, _, data in sorted(items, key=lambda e: (e[0], e[2], e[1])):
             if start < cursor:
                 raise _Skip("overlapping_edits")
-            out.append(raw[cursor:start])
+            out.append(view[cursor:start])
+            size += start - cursor
             out.append(data)
+            inserted.append((size, len(data)))
+            size += len(data)
             cursor = stop
-        out.append(raw[cursor:])
-        return b"".join(out)
+        out.append(view[cursor:])
+        result = b"".join(out)
+        # A line starts with a dot only inside an edit or where the edit joins the original.
+        dot_safe = not result.startswith(b".") and not any(
+            b"\r\n." in result[max(0, at - 2) : at + length + 1] for at, length in inserted
+        )
+        return result, dot_safe
 
 
 def _qp_encode(data: bytes, le: bytes) -> bytes:
@@ -1291,4 +1309,5 @@ def _add_signature(
     if marker is not None:
         _, header_end = edits.header_end(msg.raw, msg.root, msg.line_ending)
         header_end.lines.append((2, f"{marker[0]}: {marker[1]}".encode()))
-    return SignatureResult(edits.apply(msg.raw), True, "added")
+    signed, dot_safe = edits.apply(msg.raw)
+    return SignatureResult(signed, True, "added", dot_safe)

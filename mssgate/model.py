@@ -63,6 +63,9 @@ class Envelope:
     auth_user: str | None = None
     mail_options: tuple[str, ...] = ()
     """ESMTP parameters of MAIL FROM (``BODY=8BITMIME``, ``SMTPUTF8``...)."""
+    dot_free: bool = False
+    """True when the listener saw that no line of the message starts with a dot: the bytes
+    relayed unchanged need no dot-stuffing scan on the way out."""
 
     @property
     def smtputf8(self) -> bool:
@@ -105,6 +108,8 @@ class Delivery:
     recipients: tuple[str, ...]
     message: bytes
     signature_added: bool = False
+    dot_free: bool = False
+    """True when no line of ``message`` starts with a dot (no dot-stuffing to do)."""
 
 
 @dataclass(frozen=True, slots=True)

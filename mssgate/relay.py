@@ -27,6 +27,7 @@ import aiosmtplib
 from mssgate.model import Delivery, Route
 from mssgate.policy import Policy
 from mssgate.schema import RouteConfig, TLSMode, UpstreamConfig
+from mssgate.wire import dot_stuffed
 
 log = logging.getLogger("mssgate.relay")
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+")
@@ -354,7 +355,7 @@ class SmtpRelay:
             permanent = [r for r in refused if r[1] >= 500]
             rcpt, code, message = (permanent or refused)[0]
             raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
-        return await send_data(client, delivery.message, self.config.timeout)
+        return await send_data(client, delivery.message, self.config.timeout, delivery.dot_free)
 
 
 def envelope_address(address: str, encoding: str) -> bytes:
@@ -368,23 +369,9 @@ def envelope_address(address: str, encoding: str) -> bytes:
     return b"<" + address.encode(encoding) + b">"
 
 
-def dot_stuffed(message: bytes) -> list[bytes]:
-    """The DATA payload of a CRLF message, in pieces written one after the other (no copy of
-    a large message just to add a few bytes): leading dots doubled, then the final dot."""
-    pieces = [b"."] if message.startswith(b".") else []
-    pieces.append(message.replace(b"\r\n.", b"\r\n.."))
-    if not message.endswith(b"\r\n"):
-        pieces.append(b"\r\n")
-    pieces.append(b".\r\n")
-    return pieces
-
-
-def dot_stuff(message: bytes) -> bytes:
-    """:func:`dot_stuffed` joined (for tests and small messages)."""
-    return b"".join(dot_stuffed(message))
-
-
-async def send_data(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> str:
+async def send_data(
+    client: aiosmtplib.SMTP, message: bytes, timeout: float, dot_free: bool = False
+) -> str:
     """DATA with a message already in CRLF form (the listener normalised it).
 
     aiosmtplib's ``data()`` runs two regular expressions over the whole message (line-ending
@@ -404,7 +391,7 @@ async def send_data(client: aiosmtplib.SMTP, message: bytes, timeout: float) -> 
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         protocol._response_pending = True
-        for piece in dot_stuffed(message):
+        for piece in dot_stuffed(message, dot_free):
             protocol.write(piece)
         response = await protocol.read_response(timeout=timeout)
     if response.code != 250:

@@ -38,6 +38,7 @@ from mssgate.privacy import pseudonymise
 from mssgate.relay import Relay, RelayFailure
 from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
+from mssgate.wire import DataReader, longest_header_line
 
 log = logging.getLogger("mssgate.server")
 
@@ -75,6 +76,8 @@ class TransactionState(SmtpEnvelope):
         self.policy: Policy | None = None
         self.refused: list[str] = []
         self.tempfailed: list[str] = []
+        self.dot_free = False
+        """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -151,30 +154,6 @@ class InflightBudget:
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(rf"\s*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 """``<dot-atom@domain>``: the form every mail client sends."""
-_TERMINATOR = b"\r\n.\r\n"
-_CHUNK = 1 << 16
-_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
-
-
-def normalize_line_endings(content: bytes) -> bytes:
-    """Every bare CR or LF becomes CRLF, as the upstream client library would send it: the
-    filter decides on exactly the bytes that will be relayed."""
-    crlf = content.count(b"\r\n")
-    if content.count(b"\r") == crlf and content.count(b"\n") == crlf:
-        return content
-    return _LINE_ENDINGS.sub(b"\r\n", content)
-
-
-def longest_header_line(content: bytes) -> int:
-    """The longest line of the header block (the whole message if it has no blank line).
-
-    Only the header block is bounded: it is what the filter parses; body lines go through as
-    they came (an upstream folds or refuses them itself), and scanning megabytes of body lines
-    would cost more than all the filtering.
-    """
-    end = content.find(b"\r\n\r\n")
-    block = content if end < 0 else content[:end]
-    return max(map(len, block.split(b"\r\n")), default=0)
 
 
 class GatewaySMTP(SMTP):
@@ -201,6 +180,9 @@ class GatewaySMTP(SMTP):
         self.implicit_tls = implicit_tls
         self.counted_client: str | None = None
         self.over_limit = False
+        self._transfer: DataReader | None = None
+        self._transfer_done: asyncio.Future[None] | None = None
+        self._held = 0
 
     def _create_envelope(self) -> TransactionState:
         return TransactionState()
@@ -262,10 +244,60 @@ class GatewaySMTP(SMTP):
             self.observers.connection(False)
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        """During DATA, the bytes go straight to the transfer's reader (no stream buffer, no
+        copy); otherwise to aiosmtpd's command reader."""
+        if self._transfer is None:
+            super().data_received(data)
+        else:
+            self._feed_transfer(data)
+
+    def _feed_transfer(self, data: bytes) -> None:
+        reader = self._transfer
+        assert reader is not None
+        if reader.refusal is None:
+            # A message is held about three times while it is read, decided (signature: a
+            # rewritten copy) and relayed (what the socket has not sent yet).
+            cost = COPIES_IN_FLIGHT * len(data)
+            self._held += cost
+            if not self.budget.take(cost):
+                reader.refuse("busy")
+                self.budget.give(self._held)
+                self._held = 0
+        if reader.feed(data):
+            self._transfer = None
+            if self._transfer_done is not None and not self._transfer_done.done():
+                self._transfer_done.set_result(None)
+            if reader.leftover:
+                # What the client sent after its final dot is its next command.
+                super().data_received(reader.leftover)
+
+    def _start_transfer(self, reader: DataReader) -> asyncio.Future[None]:
+        """Route the connection's bytes to ``reader``, starting with any already buffered."""
+        self._transfer = reader
+        self._held = 0
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._transfer_done = done
+        stream: Any = self._reader
+        buffered = bytes(stream._buffer)
+        if buffered:
+            stream._buffer.clear()
+            resume = getattr(stream, "_maybe_resume_transport", None)
+            if resume is not None:
+                resume()
+            self._feed_transfer(buffered)
+        return done
+
+    def _end_transfer(self) -> None:
+        self._transfer = None
+        self._transfer_done = None
+        self.budget.give(self._held)
+        self._held = 0
+
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA read in chunks (not line by line), with its own time budget for the whole
-        transfer, the message size limit and the in-flight memory budget."""
+        """DATA read in chunks as they arrive (not line by line), with its own time budget for
+        the whole transfer, the message size limit and the in-flight memory budget."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -281,91 +313,40 @@ class GatewaySMTP(SMTP):
         if self.budget.full():
             await self.push(smtp_reply(452, "4.3.1", messages.busy))
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self._reset_timeout(self.listen.data_timeout)
-        held = 0
+        reader = DataReader(self.data_size_limit or 0)
         try:
-            content, held, problem = await self._read_message()
-            if content is None:
-                return  # the client went away mid-DATA: nothing to answer, nothing relayed
+            done = self._start_transfer(reader)
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            self._reset_timeout(self.listen.data_timeout)
+            # The client going away cancels this task (aiosmtpd's connection_lost).
+            await done
+            problem = self._refusal(reader, messages.busy)
+            content = reader.message() if problem is None else b""
+            # The header block is what the filter parses: its lines are bounded (RFC 5321).
+            if problem is None and longest_header_line(content) > self.listen.max_line_length - 2:
+                problem = "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
             if problem is not None:
                 self._set_post_data_state()  # type: ignore[no-untyped-call]
                 await self.push(problem)
                 return
             self.envelope.content = content
             self.envelope.original_content = content
+            if isinstance(self.envelope, TransactionState):
+                self.envelope.dot_free = reader.dot_free
             status = await self._call_handler_hook("DATA")
         finally:
-            self.budget.give(held)
+            self._end_transfer()
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
-    async def _read_message(self) -> tuple[bytes | None, int, str | None]:
-        """(message, bytes held in the budget, refusal) once the final dot is in.
-
-        The buffer starts with a virtual CRLF so that an empty message's lone dot is found
-        like any other end; past a limit, the rest is read and dropped (the client must still
-        be answered after its final dot, RFC 5321 4.2.5).
-        """
-        limit = self.data_size_limit or 0
-        buffer = bytearray(b"\r\n")
-        held = 0
-        scan = 0
-        stuffed = False  # a line starts with a dot somewhere: unstuff needed
-        problem: str | None = None
-        end = -1
-        while end < 0:
-            chunk = await self._reader.read(_CHUNK)
-            if not chunk:
-                return None, held, None
-            buffer += chunk
-            # One pass finds both the end of data and the dot-stuffed lines.
-            while True:
-                dot = buffer.find(b"\r\n.", scan)
-                if dot < 0 or dot + 5 > len(buffer):
-                    scan = max(scan, len(buffer) - 4) if dot < 0 else dot
-                    break
-                if buffer[dot + 3 : dot + 5] == b"\r\n":
-                    end = dot
-                    break
-                stuffed = True
-                scan = dot + 3
-            if end >= 0:
-                break
-            if problem is None:
-                # A message is held about three times while it is read, decided (signature:
-                # a rewritten copy) and relayed (the dot-stuffed copy in the socket's buffer).
-                cost = COPIES_IN_FLIGHT * len(chunk)
-                held += cost
-                if not self.budget.take(cost):
-                    messages = self.event_handler.current_policy().document.messages
-                    problem = smtp_reply(452, "4.3.1", messages.busy)
-                elif limit and len(buffer) - 2 > limit:
-                    problem = f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
-            if problem is not None:
-                # Keep only what the end-of-data search still has to look at.
-                cut = max(0, min(scan, len(buffer) - 4))
-                del buffer[:cut]
-                scan -= cut
-                self.budget.give(held)
-                held = 0
-        leftover = bytes(buffer[end + 5 :])
-        if leftover:
-            # Bytes the client sent after its final dot belong to the next command.
-            self._reader._buffer[:0] = leftover  # type: ignore[attr-defined]
-        if problem is not None:
-            return b"", held, problem
-        if limit and end > limit:
-            return b"", held, f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
-        if stuffed:
-            content = bytes(buffer[: end + 2].replace(b"\r\n.", b"\r\n"))[2:]
-        else:
-            content = bytes(memoryview(buffer)[2 : end + 2])
-        content = normalize_line_endings(content)
-        del buffer
-        if longest_header_line(content) > self.listen.max_line_length - 2:
-            return b"", held, "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
-        return content, held, None
+    def _refusal(self, reader: DataReader, busy: str) -> str | None:
+        """The reply to a transfer that will not be decided on, or None."""
+        if reader.refusal == "busy":
+            return smtp_reply(452, "4.3.1", busy)
+        if reader.refusal is not None:
+            limit = self.data_size_limit
+            return f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
+        return None
 
 
 class GatewayHandler:
@@ -470,6 +451,7 @@ class GatewayHandler:
             rcpt_tos=tuple(rcpts),
             auth_user=login,
             mail_options=tuple(state.mail_options),
+            dot_free=state.dot_free,
         )
 
     # -- AUTH --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ CORE = [
     "transaction.py",
     "decide.py",
     "texts.py",
+    "wire.py",
     *[f"rules/{p.name}" for p in (PACKAGE / "rules").glob("*.py")],
 ]
 FORBIDDEN = {

@@ -23,7 +23,8 @@ import pytest
 from mssgate.config import load_policy_text
 from mssgate.model import Delivery, Route
 from mssgate.relay import Relay, RelayOutcome, build_relays
-from mssgate.server import Gateway, normalize_line_endings
+from mssgate.server import Gateway
+from mssgate.wire import normalize_line_endings
 from tests.conftest import Stack, policy_yaml
 from tests.hostile_corpus import (
     BROKEN_BOUNDARIES,

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mssgate.relay import dot_stuff
-from mssgate.server import normalize_line_endings
+from mssgate.wire import dot_stuff, normalize_line_endings
 
 
 @pytest.mark.parametrize(
