@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -88,6 +89,8 @@ class Mode:
     budget_sessions: int
     run_budget_s: float
     """No new measurement starts after this many seconds (each may still take ``cap``)."""
+    partial: bool = False
+    """Only some sizes (``--sizes``): no linear-cost or memory-budget run."""
 
 
 FULL = Mode(
@@ -698,6 +701,8 @@ class Bench:
                     )
             self.procs.stop(gate)
             self.procs.stop(passthrough)
+        if self.mode.partial:
+            return
         # A fresh gateway: its resident memory still holds the 5 MB cells' peak otherwise.
         gate, gate_port = self.start_mssgate(policy)
         self.run_linear(gate, gate_port, files)
@@ -888,6 +893,13 @@ def report(bench: Bench, started: dt.datetime, seconds: float) -> str:
         "# mssgate benchmark results",
         "",
     ]
+    if mode.partial:
+        lines += [
+            "> **PARTIAL RUN** — only "
+            + ", ".join(plan.title for plan in mode.sizes)
+            + " (`--sizes`): no linear-cost or memory-budget measurement.",
+            "",
+        ]
     if mode.name == "quick":
         lines += [
             "> **QUICK MODE** — small counts, one concurrency level, a few seconds per "
@@ -1010,9 +1022,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke-test sizes (< 90 s)")
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--sizes",
+        help="only these sizes, comma-separated (2k,100k,5m): a partial run while working on "
+        "one size; the report says so and skips the linear-cost and memory-budget runs",
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     mode = QUICK if args.quick else FULL
+    if args.sizes:
+        wanted = {s.strip() for s in args.sizes.split(",") if s.strip()}
+        unknown = wanted - {plan.label for plan in mode.sizes}
+        if unknown:
+            parser.error(f"unknown size(s): {', '.join(sorted(unknown))}")
+        mode = dataclasses.replace(
+            mode, sizes=tuple(p for p in mode.sizes if p.label in wanted), partial=True
+        )
     started = dt.datetime.now(dt.UTC)
     began = time.monotonic()
     procs = Processes()

@@ -13,7 +13,10 @@ import re
 _DOT_LINE = b"\r\n."
 _END = b"\r\n.\r\n"
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
-_CR = 0x0D
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_BARE_LF = re.compile(rb"\n(?<!\r\n)")
+_LONELY_DOTS = 32
+"""Dots not at a line start after which a chunk is searched for CRLF "." instead (prose)."""
 
 
 def normalize_line_endings(content: bytes) -> bytes:
@@ -42,9 +45,10 @@ class DataReader:
 
     Positions are counted in the *stream*: a virtual CRLF followed by the client's bytes, so
     that a first line starting with a dot (or an empty message's lone dot) is found like any
-    other. Each :meth:`feed` scans only the new chunk and the few bytes before it that could
-    start a match: the whole transfer is scanned once, for the end of data and the stuffed
-    lines in one pass, and the line endings are counted on the way.
+    other. Each :meth:`feed` looks at the new chunk once, with the few bytes before it that
+    could start a match: the end of data and the stuffed lines (by hopping from dot to dot,
+    so that base64 attachments, which have no dots, cost next to nothing), and the line
+    endings (a bare CR or LF means the message must be made CRLF before deciding).
 
     Past ``size_limit`` (0: none) or after :meth:`refuse`, the chunks are no longer kept: the
     reader only looks for the end of data, since the client must still be answered after its
@@ -59,16 +63,13 @@ class DataReader:
         self.leftover = b""
         """Bytes after the final dot: the client's next command (pipelining)."""
         self.received = 0
-        """Bytes of the transfer so far (up to the final dot when done)."""
+        """Client bytes so far (the message's size once done)."""
         self._chunks: list[bytes] = []
-        self._tail = b"\r\n"  # the stream's unfinished end, scanned again with the next chunk
-        self._tail_at = 0  # stream position of _tail[0]
-        self._counted = 2  # stream position up to which line endings are counted
-        self._end = -1  # stream position of the CRLF that starts CRLF.CRLF
+        self._tail = b"\r\n"  # the end of the stream not yet searched to the end
+        self._seen = 0  # client bytes before the current chunk
         self._stuffed = False
-        self._cr = 0
-        self._lf = 0
-        self._crlf = 0
+        self._bare = False  # a CR or LF that is not part of a CRLF
+        self._cr_at_end = False  # the last chunk ended with a CR: a bare one unless LF follows
 
     def refuse(self, reason: str) -> None:
         """Stop keeping the message (e.g. the memory budget is spent); read on to the end."""
@@ -80,69 +81,125 @@ class DataReader:
         """Take the next bytes from the client; True once the final dot has been seen."""
         if self.done or not chunk:
             return self.done
-        start = self._tail_at  # stream position of view[0]
-        view = self._tail + chunk
-        data_before = start + len(self._tail) - 2  # client bytes before this chunk
-        scan = 0
-        while True:
-            hit = view.find(_DOT_LINE, scan)
-            if hit < 0:
-                scan = max(scan, len(view) - 2)
-                break
-            if hit + 5 > len(view):
-                scan = hit  # maybe the end of data: wait for the next bytes
-                break
-            if view.startswith(_END, hit):
-                self._end = start + hit
-                break
-            self._stuffed = True
-            scan = hit + 3
-        if self._end >= 0:
-            self._finish(view, start, chunk, data_before)
+        tail = self._tail
+        # Client offset (from the chunk's start) of the CRLF that begins CRLF "." CRLF, or None.
+        end, waiting = self._search_joint(tail, chunk)
+        resume = 0
+        if end is None:
+            end, resume = self._search_chunk(chunk, 0)
+            if waiting is not None:
+                resume = min(resume, waiting)
+        if end is not None:
+            self._finish(chunk, end)
             return True
-        self.received = data_before + len(chunk)
+        self.received = self._seen + len(chunk)
         # (A few bytes of leeway: the chunk may end inside the final CRLF "." CRLF.)
         if self.refusal is None and self.size_limit and self.received > self.size_limit + 3:
             self.refuse("size")
         if self.refusal is None:
             self._chunks.append(chunk)
-            # Count line endings up to a few bytes before the end, never splitting a CRLF.
-            limit = len(view) - 4
-            if limit > 0 and view[limit - 1] == _CR:
-                limit -= 1
-            self._count(view, self._counted - start, limit)
-            self._counted = max(self._counted, start + limit)
-        keep = min(scan, self._counted - start) if self.refusal is None else scan
-        keep = max(0, keep)
-        self._tail = view[keep:]
-        self._tail_at = start + keep
+            self._check_line_endings(chunk, len(chunk), tail)
+        # Keep what the next chunk may complete: a match found too close to the end, and the
+        # last two bytes (maybe the CRLF of a CRLF "." still to come).
+        start = max(min(resume, len(chunk) - 2), -len(tail))
+        self._tail = tail[len(tail) + start :] + chunk if start < 0 else chunk[start:]
+        self._seen += len(chunk)
         return False
 
-    def _count(self, view: bytes, begin: int, stop: int) -> None:
-        if stop > begin:
-            self._cr += view.count(b"\r", begin, stop)
-            self._lf += view.count(b"\n", begin, stop)
-            self._crlf += view.count(b"\r\n", begin, stop)
+    def _search_joint(self, tail: bytes, chunk: bytes) -> tuple[int | None, int | None]:
+        """Matches that start in ``tail`` (where the chunk may end them).
 
-    def _finish(self, view: bytes, start: int, chunk: bytes, data_before: int) -> None:
+        Returns (end of data, a match the chunk was too short to settle), as offsets from the
+        chunk's start (negative: inside the tail), or None.
+        """
+        joint = tail + chunk[:4]
+        scan = 0
+        while True:
+            hit = joint.find(_DOT_LINE, scan, len(tail) + 2)
+            if hit < 0 or hit >= len(tail):
+                return None, None
+            if hit + 5 > len(joint):
+                return None, hit - len(tail)  # the chunk is too short to tell yet
+            if joint.startswith(_END, hit):
+                return hit - len(tail), None
+            self._stuffed = True
+            scan = hit + 1
+
+    def _search_chunk(self, chunk: bytes, scan: int) -> tuple[int | None, int]:
+        """Matches that start inside ``chunk`` from ``scan``: hop from dot to dot while dots
+        are rare, then let ``find`` look for whole CRLF "." sequences."""
+        lonely = 0
+        size = len(chunk)
+        while True:
+            if self._stuffed:
+                # Stuffed lines are known to be there: only the end of data matters now.
+                hit = chunk.find(_END, scan)
+                return (hit, 0) if hit >= 0 else (None, max(scan, size - 4))
+            if lonely < _LONELY_DOTS:
+                dot = chunk.find(b".", scan + 2)
+                if dot < 0:
+                    return None, max(scan, size - 2)
+                hit = dot - 2
+                if chunk[hit:dot] != b"\r\n":
+                    lonely += 1
+                    scan = hit + 1
+                    continue
+            else:
+                hit = chunk.find(_DOT_LINE, scan)
+                if hit < 0:
+                    return None, max(scan, size - 2)
+            if hit + 5 > size:
+                return None, hit
+            if chunk.startswith(_END, hit):
+                return hit, 0
+            self._stuffed = True
+            scan = hit + 3
+
+    def _check_line_endings(self, chunk: bytes, stop: int, tail: bytes) -> None:
+        """Look for a bare CR or LF in ``chunk[:stop]`` (once one is seen, no more looking)."""
+        if self._bare or stop <= 0:
+            return
+        if self._cr_at_end and chunk[0] != 0x0A:
+            self._bare = True
+            return
+        start = 0
+        if chunk[0] == 0x0A:  # an LF is bare unless the byte before it, maybe in tail, is CR
+            if tail[-1:] != b"\r":
+                self._bare = True
+                return
+            start = 1
+        found = _BARE_LF.search(chunk, start, stop)
+        if found is not None:
+            self._bare = True
+            return
+        found = _BARE_CR.search(chunk, 0, stop)
+        if found is not None and found.start() < stop - 1:
+            self._bare = True
+            return
+        self._cr_at_end = found is not None
+
+    def _finish(self, chunk: bytes, end: int) -> None:
+        """The final dot is in: ``end`` is the chunk offset of the CRLF before it."""
         self.done = True
-        content_end = self._end  # in client bytes: the stream position less the virtual CRLF
-        self.received = content_end
-        self.leftover = chunk[content_end + 3 - data_before :]
-        if self.refusal is None and self.size_limit and content_end > self.size_limit:
+        content_end = end + 2  # chunk offset where the message stops (may be <= 0)
+        self.received = self._seen + content_end
+        self.leftover = chunk[end + 5 :]
+        if self.refusal is None and self.size_limit and self.received > self.size_limit:
             self.refuse("size")
         if self.refusal is not None:
             return
-        self._chunks.append(chunk)
-        self._count(view, self._counted - start, self._end + 2 - start)
-        self._counted = self._end + 2
-        # Drop what follows the content (the final dot, the client's next command).
-        excess = data_before + len(chunk) - content_end
-        while excess > 0:
-            last = self._chunks.pop()
-            if len(last) > excess:
-                self._chunks.append(last[: len(last) - excess])
-            excess -= len(last)
+        if content_end > 0:
+            self._chunks.append(chunk[:content_end] if content_end < len(chunk) else chunk)
+            self._check_line_endings(chunk, content_end, self._tail)
+        else:
+            # The CRLF (or part of it) was at the end of the chunks before: trim them.
+            excess = -content_end
+            while excess > 0:
+                last = self._chunks.pop()
+                if len(last) > excess:
+                    self._chunks.append(last[: len(last) - excess])
+                excess -= len(last)
+            self._cr_at_end = False  # a CR there was the final CRLF's
 
     @property
     def dot_free(self) -> bool:
@@ -153,7 +210,7 @@ class DataReader:
     @property
     def crlf_only(self) -> bool:
         """True when every line of the message ended with CRLF."""
-        return self._cr == self._lf == self._crlf
+        return not self._bare and not self._cr_at_end
 
     def message(self) -> bytes:
         """The message as decided on and relayed: dots unstuffed, every line ending CRLF.

@@ -399,3 +399,17 @@ def test_base64_encoded_attached_message_fails_closed(policy: Policy) -> None:
     )
     decision = decide(policy, Envelope(DR_MARTIN, (GMAIL,)), raw)
     assert decision.action is Action.REJECT and decision.rule == "forwards"
+
+
+def test_deliveries_are_dot_free_only_when_the_listener_said_so(policy: Policy) -> None:
+    """The relay skips the dot-stuffing scan only on bytes known to have no line starting
+    with a dot: the received ones (when the listener saw none) and a signature that adds
+    none."""
+    raw = _msg(DR_MARTIN_BAL, (CONFRERE,))
+    told = decide(policy, Envelope(DR_MARTIN_BAL, (CONFRERE,), dot_free=True), raw)
+    assert told.deliveries[0].dot_free
+    untold = decide(policy, Envelope(DR_MARTIN_BAL, (CONFRERE,)), raw)
+    assert not untold.deliveries[0].dot_free
+    signed = decide(policy, Envelope(DR_MARTIN, (GMAIL,), dot_free=True), _msg(DR_MARTIN, (GMAIL,)))
+    assert signed.signature_added and signed.deliveries[0].dot_free
+    assert b"\r\n." not in signed.deliveries[0].message

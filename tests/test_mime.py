@@ -1420,3 +1420,16 @@ def test_generated_multipart_rewrite_is_byte_exact(node: dict[str, object], le: 
     assert_stdlib_signed(result.message)
     again = add_signature(after, SIG_TEXT, SIG_HTML, PREFERRED)
     assert (again.added, again.reason) == (False, "already_signed")
+
+
+@pytest.mark.parametrize(
+    ("text", "dot_safe"),
+    [("Adresse MSSante : dr.x@medecin.mssante.fr", True), (".signature", False)],
+)
+def test_signature_says_whether_it_started_a_line_with_a_dot(text: str, dot_safe: bool) -> None:
+    """What lets the relay skip the dot-stuffing scan of a signed message."""
+    raw = crlf(PLAIN_ASCII)
+    result = add_signature(parse_message(raw), text, "<p>x</p>", "")
+    assert result.added
+    assert result.dot_safe is dot_safe
+    assert (b"\r\n." in result.message) is not dot_safe
