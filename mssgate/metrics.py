@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -82,6 +83,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.messages = Counter(
             "mssgate_messages",
@@ -152,14 +154,14 @@ class Metrics:
         action = _one_of(event.action, _ACTIONS)
         rule = _rule(event.rule)
         if action != "accept":
-            self.refusals.labels(stage=_one_of(event.stage, _STAGES), rule=rule).inc()
+            self._child(self.refusals, _one_of(event.stage, _STAGES), rule).inc()
         if event.stage != "data":
             return
-        self.messages.labels(action=action, rule=rule, route=_route(event.routes)).inc()
-        self.message_bytes.labels(direction="in").observe(event.size_in)
+        self._child(self.messages, action, rule, _route(event.routes)).inc()
+        self._child(self.message_bytes, "in").observe(event.size_in)
         if action == "accept":
             if event.size_out > 0:
-                self.message_bytes.labels(direction="out").observe(event.size_out)
+                self._child(self.message_bytes, "out").observe(event.size_out)
             if event.signature_added:
                 self.signatures.inc()
 
@@ -175,9 +177,18 @@ class Metrics:
 
     def relay(self, route: str, seconds: float, outcome: str) -> None:
         """Count one upstream transaction and its duration."""
-        labels = {"route": _one_of(route, _ROUTES), "outcome": _one_of(outcome, _OUTCOMES)}
-        self.upstream.labels(**labels).inc()
-        self.upstream_seconds.labels(**labels).observe(max(0.0, seconds))
+        labels = (_one_of(route, _ROUTES), _one_of(outcome, _OUTCOMES))
+        self._child(self.upstream, *labels).inc()
+        self._child(self.upstream_seconds, *labels).observe(max(0.0, seconds))
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)`` (in the order the labels were declared), kept: the
+        library's lookup costs more than the count itself, on every message."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def reload(self, ok: bool) -> None:
         """Count a policy reload attempt."""

@@ -17,7 +17,7 @@ import codecs
 import html
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import getaddresses
 
 __all__ = [
@@ -125,6 +125,9 @@ class ParsedMessage:
     raw_headers: tuple[tuple[str, str], ...] = ()
     """Top-level fields as (lower-case name, unfolded value *not* RFC 2047-decoded): what
     address parsing needs, read once."""
+    texts: dict[tuple[int, int, bool], str] = field(default_factory=dict, compare=False, repr=False)
+    """Decoded body texts already computed, by (body start, body end, as plain text): the
+    rules and the signature read the same parts."""
 
     def header(self, name: str) -> str | None:
         """First top-level value of header ``name`` (case-insensitive), or None."""
@@ -644,6 +647,14 @@ def _part_codec(part: Part) -> str | None:
 
 def decoded_text(msg: ParsedMessage, part: Part) -> str:
     """The part's body as text: transfer encoding then charset removed. Never raises."""
+    key = (part.body_start, part.body_end, False)
+    text = msg.texts.get(key)
+    if text is None:
+        text = msg.texts[key] = _decoded_text(msg, part)
+    return text
+
+
+def _decoded_text(msg: ParsedMessage, part: Part) -> str:
     body = msg.raw[part.body_start : part.body_end]
     data = _decode_cte(body, part.transfer_encoding)
     if data is None:
@@ -768,7 +779,11 @@ def _html_to_text(markup: str) -> str:
 def _part_text(msg: ParsedMessage, part: Part) -> str:
     text = decoded_text(msg, part)
     if part.content_type == "text/html":
-        return _html_to_text(text)
+        key = (part.body_start, part.body_end, True)
+        plain = msg.texts.get(key)
+        if plain is None:
+            plain = msg.texts[key] = _html_to_text(text)
+        return plain
     return text
 
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -31,6 +31,11 @@ from mssgate.wire import dot_stuffed
 
 log = logging.getLogger("mssgate.relay")
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\s+")
+_UNSAFE = re.compile(rb"[\r\n\x00]")
+
+
+_JOIN_BELOW = 256 * 1024
+"""Messages smaller than this are joined with their final dot and written once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +339,8 @@ class SmtpRelay:
                     "en charge (SMTPUTF8)",
                 )
         opts = [o.encode("ascii") for o in options]
+        if client.supports_extension("PIPELINING") and _pipelining_possible(client):
+            return await self._pipelined(client, mail_from, delivery, opts, encoding)
         try:
             answer = await client.execute_command(
                 b"MAIL", b"FROM:" + envelope_address(mail_from, encoding), *opts
@@ -357,6 +364,72 @@ class SmtpRelay:
             raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
         return await send_data(client, delivery.message, self.config.timeout, delivery.dot_free)
 
+    async def _pipelined(
+        self,
+        client: aiosmtplib.SMTP,
+        mail_from: str,
+        delivery: Delivery,
+        opts: list[bytes],
+        encoding: str,
+    ) -> str:
+        """MAIL, every RCPT and DATA in one write, then the message (RFC 2920), when the
+        upstream offers PIPELINING: two round trips instead of three plus one per recipient.
+
+        All or nothing as in the sequential path: any refusal, and the connection is dropped
+        before the message is sent (an upstream that said 354 anyway gets no final dot).
+        """
+        commands = [b" ".join([b"MAIL FROM:" + envelope_address(mail_from, encoding), *opts])]
+        commands += [b"RCPT TO:" + envelope_address(r, encoding) for r in delivery.recipients]
+        if any(_UNSAFE.search(c) for c in commands):
+            raise ValueError("envelope address with a control character")
+        timeout = self.config.timeout
+        protocol: Any = client.protocol
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            try:
+                protocol.write(b"".join(c + b"\r\n" for c in commands) + b"DATA\r\n")
+                mail = await next_response(protocol, timeout)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                raise _StaleConnection from exc
+            answers = [await next_response(protocol, timeout) for _ in delivery.recipients]
+            start = await next_response(protocol, timeout)
+            if mail.code != 250:
+                raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, mail_from)
+            refused = [
+                (rcpt, a.code, a.message)
+                for rcpt, a in zip(delivery.recipients, answers, strict=True)
+                if a.code not in (250, 251)
+            ]
+            if refused:
+                permanent = [r for r in refused if r[1] >= 500]
+                rcpt, code, message = (permanent or refused)[0]
+                raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            write_all(protocol, dot_stuffed(delivery.message, delivery.dot_free))
+            response = await next_response(protocol, timeout)
+        if response.code != 250:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return str(response.message)
+
+
+def _pipelining_possible(client: aiosmtplib.SMTP) -> bool:
+    """The aiosmtplib internals :meth:`SmtpRelay._pipelined` uses are there."""
+    protocol = client.protocol
+    return all(
+        hasattr(protocol, name)
+        for name in ("_command_lock", "_response_pending", "_read_response_from_buffer")
+    ) and isinstance(getattr(protocol, "_command_lock", None), asyncio.Lock)
+
+
+async def next_response(protocol: Any, timeout: float) -> aiosmtplib.SMTPResponse:
+    """The next reply of a pipelined group: one already received, or the next to come."""
+    response: aiosmtplib.SMTPResponse | None = protocol._read_response_from_buffer()
+    if response is None:
+        response = await protocol.read_response(timeout=timeout)
+    return response
+
 
 def envelope_address(address: str, encoding: str) -> bytes:
     """``<address>`` for MAIL FROM / RCPT TO.
@@ -367,6 +440,18 @@ def envelope_address(address: str, encoding: str) -> bytes:
     here (aiosmtpd splits commands on CRLF) and aiosmtplib refuses them again.
     """
     return b"<" + address.encode(encoding) + b">"
+
+
+def write_all(protocol: Any, pieces: list[bytes]) -> None:
+    """Write ``pieces`` in one go: one ``writev`` on uvloop (no copy of a large message), one
+    write of the joined bytes for small ones elsewhere."""
+    transport = protocol.transport
+    if transport is not None and len(pieces) > 1 and len(pieces[0]) > _JOIN_BELOW:
+        if transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        transport.writelines(pieces)
+    else:
+        protocol.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
 
 async def send_data(
@@ -391,8 +476,7 @@ async def send_data(
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         protocol._response_pending = True
-        for piece in dot_stuffed(message, dot_free):
-            protocol.write(piece)
+        write_all(protocol, dot_stuffed(message, dot_free))
         response = await protocol.read_response(timeout=timeout)
     if response.code != 250:
         raise aiosmtplib.SMTPDataError(response.code, response.message)

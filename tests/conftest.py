@@ -131,12 +131,16 @@ async def running_stack(
     ordinary_port: int | None = None,
     timeout: float = 5,
     listen_extra: str = "",
+    pipelining: bool = False,
 ) -> AsyncIterator[Stack]:
     """Two capture upstreams and a gateway routing to them, all on 127.0.0.1.
 
     ``ordinary_port`` points the ordinary route elsewhere (a closed port: upstream down).
     """
-    async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
+    async with (
+        CaptureUpstream(pipelining=pipelining) as mssante,
+        CaptureUpstream(pipelining=pipelining) as ordinary,
+    ):
         policy = make_policy(
             mssante.port, ordinary_port or ordinary.port, extra, timeout, listen_extra
         )

@@ -54,6 +54,14 @@ class _CaptureHandler:
     def __init__(self, upstream: CaptureUpstream) -> None:
         self.upstream = upstream
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.upstream.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
@@ -98,7 +106,17 @@ class _CaptureHandler:
 class CaptureUpstream:
     """An upstream SMTP server in the current loop that records what it accepts."""
 
-    def __init__(self, *, smtputf8: bool = True, tls_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        smtputf8: bool = True,
+        tls_context: ssl.SSLContext | None = None,
+        pipelining: bool = False,
+    ) -> None:
+        self.pipelining = pipelining
+        """Offer PIPELINING in the EHLO reply (aiosmtpd reads pipelined commands anyway)."""
+        self.reads: list[bytes] = []
+        """Every chunk of bytes the upstream read, in order (what was sent in one write)."""
         self.received: list[Received] = []
         self.behaviour = Behaviour()
         self.smtputf8 = smtputf8
@@ -110,8 +128,15 @@ class CaptureUpstream:
     async def __aenter__(self) -> CaptureUpstream:
         loop = asyncio.get_running_loop()
         handler = _CaptureHandler(self)
+        reads = self.reads
+
+        class _Recording(SMTP):
+            def data_received(self, data: bytes) -> None:
+                reads.append(data)
+                super().data_received(data)
+
         self._server = await loop.create_server(
-            lambda: SMTP(
+            lambda: _Recording(
                 handler,
                 decode_data=False,
                 enable_SMTPUTF8=self.smtputf8,
