@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
+from typing import NamedTuple
 
 __all__ = [
     "ForwardOrigin",
@@ -182,8 +183,7 @@ class _HeaderScan:
     had_blank: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _RawField:
+class _RawField(NamedTuple):
     name: str
     value: bytes
     start: int
@@ -281,29 +281,24 @@ def _decode_2047(value: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+_PARAM_PIECE = re.compile(r'(?:[^;"]++|"(?:[^"\\]|\\[\s\S]?)*+(?:"|\Z))*+')
+"""One parameter: anything but ``;`` outside quoted strings (escapes only inside quotes; an
+unclosed quote runs to the end). Possessive: one pass, no backtracking."""
+
+
 def _split_params(value: str) -> list[str]:
     """Split on ``;`` outside quoted strings."""
+    if '"' not in value:
+        return value.split(";")
     out: list[str] = []
-    cur: list[str] = []
-    in_quote = False
-    escape = False
-    for ch in value:
-        if escape:
-            cur.append(ch)
-            escape = False
-        elif in_quote and ch == "\\":
-            cur.append(ch)
-            escape = True
-        elif ch == '"':
-            cur.append(ch)
-            in_quote = not in_quote
-        elif ch == ";" and not in_quote:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    return out
+    pos = 0
+    while True:
+        m = _PARAM_PIECE.match(value, pos)
+        assert m is not None  # the pattern matches the empty string
+        out.append(m.group(0))
+        pos = m.end() + 1  # past the ";" that stopped it
+        if pos > len(value):
+            return out
 
 
 def _unquote(value: str) -> str:
@@ -807,6 +802,16 @@ _ATTRIB_START_RE = re.compile(r"^\s*(?:le|on)\s", re.I)
 _ATTRIB_END_RE = re.compile(r"(?:a\s+[ée]crit|wrote)\s*:?\s*$", re.I)
 
 
+_AT_REFERENCE = re.compile(r"&#0*64|&#[xX]0*40|&commat")
+
+
+def _may_hold_at(markup: str) -> bool:
+    """An "@" is in this HTML, as itself or as a character reference."""
+    if "@" in markup:
+        return True
+    return "&" in markup and _AT_REFERENCE.search(markup) is not None
+
+
 def _addresses_in(text: str) -> list[str]:
     return [m.group(0).strip(".") for m in _ADDR_RE.finditer(text)]
 
@@ -873,6 +878,8 @@ def forward_origins(msg: ParsedMessage) -> tuple[ForwardOrigin, ...]:
             values = [_unfold(f.value) for f in _fields(msg.raw, scan) if f.name.lower() == "from"]
             out.extend(ForwardOrigin("attached_message", a) for a in _safe_addrs(values))
     for part in body_parts(msg):
+        if part.content_type == "text/html" and not _may_hold_at(decoded_text(msg, part)):
+            continue  # no "@" once the tags are gone and the entities decoded: no origin
         out.extend(_inline_origins(_part_text(msg, part)))
     return tuple(dict.fromkeys(out))
 
@@ -1260,6 +1267,14 @@ def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) 
     _set_part_headers(msg, part, edits, charset=None, cte=None)
 
 
+def _holds(text: str, needle: str) -> bool:
+    """``needle`` (lower case) is in ``text``, whatever the case. An address cannot be there
+    without its "@": most bodies are answered without lowering them whole."""
+    if "@" in needle and "@" not in text:
+        return False
+    return needle in text.lower()
+
+
 def add_signature(
     msg: ParsedMessage,
     text: str,
@@ -1297,7 +1312,7 @@ def _add_signature(
         return SignatureResult(msg.raw, False, "already_signed")
     parts = body_parts(msg)
     needle = already_present.strip().lower()
-    if needle and any(needle in decoded_text(msg, p).lower() for p in parts):
+    if needle and any(_holds(decoded_text(msg, p), needle) for p in parts):
         return SignatureResult(msg.raw, False, "already_signed")
     if not parts:
         return SignatureResult(msg.raw, False, "no_body_part")

@@ -1433,3 +1433,45 @@ def test_signature_says_whether_it_started_a_line_with_a_dot(text: str, dot_safe
     assert result.added
     assert result.dot_safe is dot_safe
     assert (b"\r\n." in result.message) is not dot_safe
+
+
+def _split_params_reference(value: str) -> list[str]:
+    """The plain character loop the regular expression replaced (the meaning to keep)."""
+    out: list[str] = []
+    cur: list[str] = []
+    in_quote = escape = False
+    for ch in value:
+        if escape:
+            cur.append(ch)
+            escape = False
+        elif in_quote and ch == "\\":
+            cur.append(ch)
+            escape = True
+        elif ch == '"':
+            cur.append(ch)
+            in_quote = not in_quote
+        elif ch == ";" and not in_quote:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    out.append("".join(cur))
+    return out
+
+
+@given(st.text(alphabet=st.sampled_from(list('ab;"\\ =\n')), max_size=40))
+def test_parameter_split_keeps_quoted_semicolons(value: str) -> None:
+    from mssgate.mime import _split_params
+
+    assert _split_params(value) == _split_params_reference(value)
+
+
+@pytest.mark.parametrize("at", ["&#64;", "&#064;", "&#x40;", "&#X40;", "&commat;"])
+def test_html_forward_with_the_at_sign_as_a_character_reference(at: str) -> None:
+    """The HTML of a body without "@" is not turned into text (the cost of most messages):
+    an "@" written as a character reference still counts."""
+    raw = crlf(FWD_OUTLOOK_FR_HTML.replace("labo@bio.mssante=\n.fr", f"labo{at}bio.mssante.fr"))
+    assert b"labo@" not in raw
+    assert list(forward_origins(parse_message(raw))) == [
+        ForwardOrigin("inline_forward", "labo@bio.mssante.fr")
+    ]
