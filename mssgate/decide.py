@@ -11,7 +11,7 @@ import html
 from dataclasses import replace
 
 from mssgate.mime import add_signature, parse_message
-from mssgate.model import Action, Decision, Delivery, Envelope, Route, Verdict
+from mssgate.model import Action, Classification, Decision, Delivery, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.rules import Rule
 from mssgate.rules.addresses import check_lookalikes, check_syntax
@@ -95,6 +95,28 @@ def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, boo
     return result.message, result.added, result.dot_safe, f"signature: {result.reason}"
 
 
+def recipients_by_route(
+    policy: Policy, envelope: Envelope, classified: tuple[Classification, ...] | None = None
+) -> tuple[tuple[Route, tuple[str, ...]], ...]:
+    """Who each route will be asked to deliver to if the message is accepted: the MSSanté
+    route's recipients with the sender's copies, then the ordinary route's. Depends on the
+    envelope alone, so the listener can open the upstream transaction while the message is
+    still coming in (:func:`decide` uses the same answer)."""
+    if classified is None:
+        classified = tuple(policy.classify(r) for r in envelope.rcpt_tos)
+    pairs = tuple(zip(classified, envelope.rcpt_tos, strict=True))
+    inside = tuple(r for c, r in pairs if in_trust_space(policy, c))
+    outside = tuple(r for c, r in pairs if not in_trust_space(policy, c))
+    plan: list[tuple[Route, tuple[str, ...]]] = []
+    if inside:
+        extra = policy.copies.get(envelope.mail_from.lower(), ())
+        known = {r.lower() for r in inside}
+        plan.append((Route.MSSANTE, inside + tuple(c for c in extra if c not in known)))
+    if outside:
+        plan.append((Route.ORDINARY, outside))
+    return tuple(plan)
+
+
 def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
     """Accept (with the deliveries to make), or refuse, one message."""
     message = parse_message(raw)
@@ -104,16 +126,13 @@ def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
     if verdict is not None:
         return Decision.refuse(verdict, recipients=tx.recipients, message_id=message_id)
 
-    pairs = tuple(zip(tx.recipients, envelope.rcpt_tos, strict=True))
-    inside = tuple(r for c, r in pairs if in_trust_space(policy, c))
-    outside = tuple(r for c, r in pairs if not in_trust_space(policy, c))
+    planned = dict(recipients_by_route(policy, envelope, tx.recipients))
+    inside = planned.get(Route.MSSANTE, ())
+    outside = planned.get(Route.ORDINARY, ())
     deliveries: list[Delivery] = []
     notes: list[str] = []
     if inside:
-        extra = policy.copies.get(envelope.mail_from.lower(), ())
-        known = {r.lower() for r in inside}
-        copies = tuple(c for c in extra if c not in known)
-        deliveries.append(Delivery(Route.MSSANTE, inside + copies, raw, dot_free=envelope.dot_free))
+        deliveries.append(Delivery(Route.MSSANTE, inside, raw, dot_free=envelope.dot_free))
     if outside:
         signed, added, dot_safe, note = _sign(policy, tx, raw)
         notes.append(note)

@@ -219,32 +219,101 @@ class SmtpRelay:
         )
 
     async def deliver(
-        self, mail_from: str, delivery: Delivery, mail_options: tuple[str, ...]
+        self,
+        mail_from: str,
+        delivery: Delivery,
+        mail_options: tuple[str, ...],
+        prepared: asyncio.Task[PreparedTransaction] | None = None,
     ) -> RelayOutcome:
         """One whole upstream transaction within the route's time budget.
+
+        ``prepared``: the envelope already opened by :meth:`prepare` while the message came
+        in; used when it got as far as DATA for these very recipients, recently, else closed
+        (nothing was sent on it) and the transaction made from the start.
 
         On any failure the connection is dropped at once, without QUIT: an upstream that has
         not answered the final dot yet must not take a later QUIT for consent. A warm
         connection found closed by the upstream is replaced once, before anything was sent.
         """
+        ready: PreparedTransaction | None = None
+        if prepared is not None:
+            try:
+                # Its failure (refusal, timeout...) is this delivery's: not asked twice.
+                ready = await self._ready(prepared, delivery)
+            except _CannotPrepare:
+                ready = None
+            except BaseException as exc:
+                raise self._failure(exc) from exc
         client: aiosmtplib.SMTP | None = None
         try:
             async with asyncio.timeout(self.config.timeout):
-                client, reused = await self._acquire()
-                try:
-                    detail = await self._transaction(client, mail_from, delivery, mail_options)
-                except _StaleConnection:
-                    if not reused:
-                        raise
-                    client.close()
-                    client, _ = await self._acquire(fresh=True)
-                    detail = await self._transaction(client, mail_from, delivery, mail_options)
+                if ready is not None:
+                    client = ready.client
+                    detail = await self._send_message(client, delivery)
+                else:
+                    client, reused = await self._acquire()
+                    try:
+                        detail = await self._transaction(client, mail_from, delivery, mail_options)
+                    except _StaleConnection:
+                        if not reused:
+                            raise
+                        client.close()
+                        client, _ = await self._acquire(fresh=True)
+                        detail = await self._transaction(client, mail_from, delivery, mail_options)
         except BaseException as exc:
             if client is not None:
                 client.close()
             raise self._failure(exc) from exc
         self._release(client)
         return RelayOutcome(self.route, detail)
+
+    def prepare(
+        self, mail_from: str, recipients: tuple[str, ...], mail_options: tuple[str, ...]
+    ) -> asyncio.Task[PreparedTransaction]:
+        """Open the upstream transaction (MAIL, RCPT, DATA) in the background, while the
+        client is still sending: once the message is decided, only the message itself and
+        the final dot remain. Hand the task to :meth:`deliver`, or to :func:`discard`."""
+        return asyncio.get_running_loop().create_task(
+            self._open(mail_from, recipients, mail_options)
+        )
+
+    async def _open(
+        self, mail_from: str, recipients: tuple[str, ...], mail_options: tuple[str, ...]
+    ) -> PreparedTransaction:
+        client: aiosmtplib.SMTP | None = None
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                client, reused = await self._acquire()
+                if not _pipelining_possible(client):
+                    raise _CannotPrepare
+                try:
+                    await self._open_data(client, mail_from, recipients, mail_options)
+                except _StaleConnection:
+                    if not reused:
+                        raise
+                    client.close()
+                    client, _ = await self._acquire(fresh=True)
+                    await self._open_data(client, mail_from, recipients, mail_options)
+        except BaseException:
+            if client is not None:
+                client.close()
+            raise
+        return PreparedTransaction(client, recipients, time.monotonic())
+
+    async def _ready(
+        self, prepared: asyncio.Task[PreparedTransaction], delivery: Delivery
+    ) -> PreparedTransaction | None:
+        """The prepared transaction when it can carry ``delivery``; None (closed) when it is
+        for other recipients or too old; its failure raised as it is."""
+        ready = await prepared
+        if (
+            ready.recipients != delivery.recipients
+            or time.monotonic() - ready.opened > PREPARED_MAX_AGE
+            or not ready.client.is_connected
+        ):
+            ready.client.close()
+            return None
+        return ready
 
     def _failure(self, exc: BaseException) -> BaseException:
         """Map a third-party error to the client-facing failure (one boundary)."""
@@ -321,13 +390,34 @@ class SmtpRelay:
         delivery: Delivery,
         mail_options: tuple[str, ...],
     ) -> str:
+        if not _pipelining_possible(client):
+            await self._open_data(client, mail_from, delivery.recipients, mail_options, data=False)
+            return await send_data(client, delivery.message, self.config.timeout, delivery.dot_free)
+        await self._open_data(client, mail_from, delivery.recipients, mail_options)
+        return await self._send_message(client, delivery)
+
+    async def _open_data(
+        self,
+        client: aiosmtplib.SMTP,
+        mail_from: str,
+        recipients: tuple[str, ...],
+        mail_options: tuple[str, ...],
+        data: bool = True,
+    ) -> None:
+        """MAIL FROM, every RCPT TO and (``data``) DATA, up to the upstream's 354; all in one
+        write when the upstream offers PIPELINING (RFC 2920), else one command at a time.
+
+        All or nothing: any refusal raises, and the caller drops the connection before any
+        message byte is sent (an upstream that said 354 anyway never gets a final dot).
+        A connection found closed at the first command raises :class:`_StaleConnection`.
+        """
         options: list[str] = []
         wants = {o.upper() for o in mail_options}
         if "BODY=8BITMIME" in wants and client.supports_extension("8BITMIME"):
             options.append("BODY=8BITMIME")
         encoding = "ascii"
         if "SMTPUTF8" in wants:
-            needs_utf8 = not (mail_from + "".join(delivery.recipients)).isascii()
+            needs_utf8 = not (mail_from + "".join(recipients)).isascii()
             if client.supports_extension("SMTPUTF8"):
                 options.append("SMTPUTF8")
                 encoding = "utf-8"
@@ -338,84 +428,127 @@ class SmtpRelay:
                     f"serveur {self.route.value} : adresses internationalisées non prises "
                     "en charge (SMTPUTF8)",
                 )
-        opts = [o.encode("ascii") for o in options]
-        if client.supports_extension("PIPELINING") and _pipelining_possible(client):
-            return await self._pipelined(client, mail_from, delivery, opts, encoding)
-        try:
-            answer = await client.execute_command(
-                b"MAIL", b"FROM:" + envelope_address(mail_from, encoding), *opts
+        commands = [
+            b" ".join(
+                [b"MAIL FROM:" + envelope_address(mail_from, encoding)]
+                + [o.encode("ascii") for o in options]
             )
-        except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
-            raise _StaleConnection from exc
-        if answer.code != 250:
-            raise aiosmtplib.SMTPSenderRefused(answer.code, answer.message, mail_from)
-        refused: list[tuple[str, int, str]] = []
-        for rcpt in delivery.recipients:
-            answer = await client.execute_command(
-                b"RCPT", b"TO:" + envelope_address(rcpt, encoding)
-            )
-            if answer.code not in (250, 251):
-                refused.append((rcpt, answer.code, answer.message))
+        ]
+        commands += [b"RCPT TO:" + envelope_address(r, encoding) for r in recipients]
+        if any(_UNSAFE.search(c) for c in commands):
+            raise ValueError("envelope address with a control character")
+        if data:
+            commands.append(b"DATA")
+        if data and client.supports_extension("PIPELINING"):
+            answers = await self._exchange(client, commands, pipelined=True)
+        else:
+            answers = await self._exchange(client, commands, pipelined=False)
+        mail = answers[0]
+        if mail.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, mail_from)
+        refused = [
+            (rcpt, a.code, a.message)
+            for rcpt, a in zip(recipients, answers[1 : 1 + len(recipients)], strict=False)
+            if a.code not in (250, 251)
+        ]
         if refused:
-            # All or nothing: never deliver to part of the recipients.
-            await client.rset()
             permanent = [r for r in refused if r[1] >= 500]
             rcpt, code, message = (permanent or refused)[0]
             raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
-        return await send_data(client, delivery.message, self.config.timeout, delivery.dot_free)
+        if data:
+            start = answers[-1]
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
 
-    async def _pipelined(
-        self,
-        client: aiosmtplib.SMTP,
-        mail_from: str,
-        delivery: Delivery,
-        opts: list[bytes],
-        encoding: str,
-    ) -> str:
-        """MAIL, every RCPT and DATA in one write, then the message (RFC 2920), when the
-        upstream offers PIPELINING: two round trips instead of three plus one per recipient.
-
-        All or nothing as in the sequential path: any refusal, and the connection is dropped
-        before the message is sent (an upstream that said 354 anyway gets no final dot).
-        """
-        commands = [b" ".join([b"MAIL FROM:" + envelope_address(mail_from, encoding), *opts])]
-        commands += [b"RCPT TO:" + envelope_address(r, encoding) for r in delivery.recipients]
-        if any(_UNSAFE.search(c) for c in commands):
-            raise ValueError("envelope address with a control character")
+    async def _exchange(
+        self, client: aiosmtplib.SMTP, commands: list[bytes], pipelined: bool
+    ) -> list[aiosmtplib.SMTPResponse]:
+        """Send ``commands`` (all in one write when ``pipelined``) and read their replies;
+        one at a time, a refused MAIL (or DATA) ends the exchange."""
         timeout = self.config.timeout
         protocol: Any = client.protocol
+        answers: list[aiosmtplib.SMTPResponse] = []
+        if not _pipelining_possible(client):  # an aiosmtplib without the internals used below
+            for command in commands:
+                try:
+                    answers.append(await client.execute_command(command, timeout=timeout))
+                except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                    if not answers:
+                        raise _StaleConnection from exc
+                    raise
+                if answers[0].code != 250:
+                    return answers
+            if any(a.code not in (250, 251) for a in answers[1:]):
+                await client.rset()  # a recipient was refused (the connection is dropped next)
+            return answers
         async with protocol._command_lock:
             protocol._response_pending = True
             try:
-                protocol.write(b"".join(c + b"\r\n" for c in commands) + b"DATA\r\n")
-                mail = await next_response(protocol, timeout)
+                if pipelined:
+                    protocol.write(b"".join(c + b"\r\n" for c in commands))
+                else:
+                    protocol.write(commands[0] + b"\r\n")
+                answers.append(await next_response(protocol, timeout))
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 raise _StaleConnection from exc
-            answers = [await next_response(protocol, timeout) for _ in delivery.recipients]
-            start = await next_response(protocol, timeout)
-            if mail.code != 250:
-                raise aiosmtplib.SMTPSenderRefused(mail.code, mail.message, mail_from)
-            refused = [
-                (rcpt, a.code, a.message)
-                for rcpt, a in zip(delivery.recipients, answers, strict=True)
-                if a.code not in (250, 251)
-            ]
-            if refused:
-                permanent = [r for r in refused if r[1] >= 500]
-                rcpt, code, message = (permanent or refused)[0]
-                raise upstream_failure(self.route, code, message, what=f"destinataire {rcpt}")
-            if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            if pipelined:
+                while len(answers) < len(commands):
+                    answers.append(await next_response(protocol, timeout))
+                return answers
+            if answers[0].code != 250:
+                return answers
+            for command in commands[1:]:
+                if command == b"DATA" and any(a.code not in (250, 251) for a in answers[1:]):
+                    # A recipient was refused: no DATA; RSET (the connection is dropped next).
+                    command = b"RSET"
+                protocol._response_pending = True
+                protocol.write(command + b"\r\n")
+                answers.append(await next_response(protocol, timeout))
+        return answers
+
+    async def _send_message(self, client: aiosmtplib.SMTP, delivery: Delivery) -> str:
+        """After the upstream's 354: the message, the final dot (one write), its reply."""
+        protocol: Any = client.protocol
+        async with protocol._command_lock:
             protocol._response_pending = True
             write_all(protocol, dot_stuffed(delivery.message, delivery.dot_free))
-            response = await next_response(protocol, timeout)
+            response = await next_response(protocol, self.config.timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return str(response.message)
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedTransaction:
+    """An upstream connection that said 354 to a transaction for ``recipients``."""
+
+    client: aiosmtplib.SMTP
+    recipients: tuple[str, ...]
+    opened: float
+    """``time.monotonic()`` when the upstream said 354."""
+
+
+PREPARED_MAX_AGE = 20.0
+"""Seconds a prepared transaction may wait for its message: past that, the upstream may have
+given up on it (its own timeout), and a fresh transaction is safer than a doubtful one."""
+
+
+def discard(prepared: asyncio.Task[PreparedTransaction]) -> None:
+    """Give up a prepared transaction: its connection is closed (no final dot was sent, so
+    the upstream drops what it holds), now or as soon as the opening ends."""
+
+    def close(task: asyncio.Task[PreparedTransaction]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            task.result().client.close()
+
+    if prepared.done():
+        close(prepared)
+    else:
+        prepared.add_done_callback(close)
+
+
 def _pipelining_possible(client: aiosmtplib.SMTP) -> bool:
-    """The aiosmtplib internals :meth:`SmtpRelay._pipelined` uses are there."""
+    """The aiosmtplib internals :meth:`SmtpRelay._exchange` uses are there."""
     protocol = client.protocol
     return all(
         hasattr(protocol, name)
@@ -481,6 +614,10 @@ async def send_data(
     if response.code != 250:
         raise aiosmtplib.SMTPDataError(response.code, response.message)
     return response.message
+
+
+class _CannotPrepare(Exception):
+    """This aiosmtplib lacks what opening a transaction ahead needs: deliver as usual."""
 
 
 class _StaleConnection(Exception):
