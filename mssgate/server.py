@@ -29,13 +29,19 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from mssgate.auth import AuthThrottle, verify_password
-from mssgate.decide import check_recipient, check_sender, decide, route_of
+from mssgate.decide import (
+    check_recipient,
+    check_sender,
+    decide,
+    recipients_by_route,
+    route_of,
+)
 from mssgate.dnscheck import DomainChecker
 from mssgate.events import DecisionEvent, Observers
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
-from mssgate.relay import Relay, RelayFailure
+from mssgate.relay import PreparedTransaction, Relay, RelayFailure, SmtpRelay, discard
 from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
 from mssgate.wire import DataReader, longest_header_line
@@ -77,6 +83,8 @@ class TransactionState(SmtpEnvelope):
         self.refused: list[str] = []
         self.tempfailed: list[str] = []
         self.dot_free = False
+        self.prepared: dict[Route, asyncio.Task[PreparedTransaction]] = {}
+        """Upstream transactions opened while the message comes in (see ``prepare``)."""
         """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
 
 
@@ -314,9 +322,11 @@ class GatewaySMTP(SMTP):
             await self.push(smtp_reply(452, "4.3.1", messages.busy))
             return
         reader = DataReader(self.data_size_limit or 0)
+        transaction = self.envelope
         try:
             done = self._start_transfer(reader)
             await self.push("354 End data with <CR><LF>.<CR><LF>")
+            self._prepare_upstream()
             self._reset_timeout(self.listen.data_timeout)
             # The client going away cancels this task (aiosmtpd's connection_lost).
             await done
@@ -336,8 +346,23 @@ class GatewaySMTP(SMTP):
             status = await self._call_handler_hook("DATA")
         finally:
             self._end_transfer()
+            if isinstance(transaction, TransactionState):
+                GatewayHandler.discard_prepared(transaction)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
+
+    def _prepare_upstream(self) -> None:
+        """Let the handler open the upstream side while the message comes in (an error here
+        only means the delivery opens it later, as usual)."""
+        envelope = self.envelope
+        if isinstance(envelope, TransactionState) and isinstance(
+            self.event_handler, GatewayHandler
+        ):
+            try:
+                self.event_handler.prepare(envelope)
+            except Exception:
+                log.exception("opening the upstream ahead failed; it will be opened later")
+                GatewayHandler.discard_prepared(envelope)
 
     def _refusal(self, reader: DataReader, busy: str) -> str | None:
         """The reply to a transfer that will not be decided on, or None."""
@@ -347,6 +372,11 @@ class GatewaySMTP(SMTP):
             limit = self.data_size_limit
             return f"552 5.3.4 Message trop volumineux ({limit} octets au plus)"
         return None
+
+
+def _mail_from(envelope: SmtpEnvelope) -> str:
+    """MAIL FROM as relayed ("" for the null sender)."""
+    return "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
 
 
 class GatewayHandler:
@@ -711,12 +741,19 @@ class GatewayHandler:
         for delivery in decision.deliveries:
             relay = relays[delivery.route]
             began = time.monotonic()
+            prepared = envelope.prepared.pop(delivery.route, None)
             try:
-                outcome = await relay.deliver(
-                    "" if envelope.mail_from in (None, "<>") else envelope.mail_from,
-                    delivery,
-                    tuple(envelope.mail_options),
-                )
+                if prepared is not None and isinstance(relay, SmtpRelay):
+                    outcome = await relay.deliver(
+                        _mail_from(envelope),
+                        delivery,
+                        tuple(envelope.mail_options),
+                        prepared=prepared,
+                    )
+                else:
+                    outcome = await relay.deliver(
+                        _mail_from(envelope), delivery, tuple(envelope.mail_options)
+                    )
             except Exception as exc:
                 failure = (
                     exc
@@ -745,6 +782,31 @@ class GatewayHandler:
         text = decision.reply + (" ; " + " ; ".join(details) if details else "")
         reply = self._reply(250, "2.0.0", text, envelope)
         return reply, None, decision, " ; ".join(details), size_out
+
+    def prepare(self, envelope: TransactionState) -> None:
+        """Open the upstream transactions this message will need if accepted (the routes
+        and recipients depend on the envelope alone) while it is still coming in; what the
+        decision does not use is discarded (:meth:`discard_prepared`)."""
+        if envelope.refused or envelope.tempfailed or envelope.prepared:
+            return
+        policy = envelope.policy or self.current_policy()
+        relays = self.relays(policy) if callable(self.relays) else self.relays
+        plan = recipients_by_route(
+            policy,
+            Envelope(mail_from=_mail_from(envelope), rcpt_tos=tuple(envelope.rcpt_tos)),
+        )
+        for route, recipients in plan:
+            relay = relays.get(route)
+            if isinstance(relay, SmtpRelay):
+                envelope.prepared[route] = relay.prepare(
+                    _mail_from(envelope), recipients, tuple(envelope.mail_options)
+                )
+
+    @staticmethod
+    def discard_prepared(envelope: TransactionState) -> None:
+        """Close the prepared upstream transactions no delivery used (no final dot sent)."""
+        while envelope.prepared:
+            discard(envelope.prepared.popitem()[1])
 
     @staticmethod
     def _budget(policy: Policy, route: Route) -> float:

@@ -522,7 +522,9 @@ async def test_upstream_refuses_the_policy_copy_recipient(
 
 @pytest.mark.parametrize("where", ["headers", "half_body", "all_but_final_dot", "dot_no_crlf"])
 async def test_client_disconnects_mid_data(ledger: Ledger, case: str, where: str) -> None:
-    """A client hangs up during DATA: the gateway never even connects upstream."""
+    """A client hangs up during DATA: nothing reaches anyone. The upstream transaction the
+    gateway opened ahead (MAIL, RCPT, DATA while the message came in) is dropped without its
+    final dot."""
     async with fault_stack(ledger, case) as stack:
         entry = stack.new([ORDINARY])
         raw = fault_message(entry.marker, DR, GMAIL, size=20_000)
@@ -540,7 +542,10 @@ async def test_client_disconnects_mid_data(ledger: Ledger, case: str, where: str
         entry.code = None
         await asyncio.sleep(0.3)
         await stack.assert_clean()
-        assert stack.ordinary.connections == stack.mssante.connections == 0
+        assert stack.ordinary.committed == stack.mssante.committed == []
+        assert stack.mssante.connections == 0
+        assert stack.ordinary.connections <= 1
+        assert stack.ordinary.saw("client gone during DATA") == stack.ordinary.connections
         _, after, _ = await stack.send(DR, [GMAIL], [ORDINARY])
         assert after.code == 250  # the gateway is unharmed
         await stack.assert_clean()

@@ -1,5 +1,6 @@
 """Relaying to an upstream that offers PIPELINING (RFC 2920): MAIL, RCPT and DATA in one write,
-with the same all-or-nothing answers as one command at a time."""
+with the same all-or-nothing answers as one command at a time; and the upstream transaction
+opened ahead, while the client is still sending the message."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from mssgate import relay
 from tests.conftest import Stack, running_stack
-from tests.messages import message
+from tests.messages import inline_forward, message
 from tests.smtp_peers import send
 
 DR = "dr.martin@cabinet-gare.fr"
 GMAIL = "patient.ami@gmail.com"
 OTHER = "ami2@gmail.com"
+CONFRERE = "jean.confrere@medecin.mssante.fr"
 
 
 @pytest.fixture
@@ -72,3 +75,37 @@ async def test_data_refused_after_the_message_is_4xx(pstack: Stack) -> None:
     result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
     assert result.code == 452
     assert pstack.delivered() == 0
+
+
+async def test_envelope_opened_ahead_is_dropped_when_the_filter_refuses(pstack: Stack) -> None:
+    """The upstream said 354 while the message came in; the filter refuses it: the upstream
+    connection is closed without a final dot, and nothing reaches anyone."""
+    refused = await send(pstack.port, DR, [GMAIL], inline_forward(DR, GMAIL, CONFRERE))
+    assert refused.code is not None and refused.code >= 500
+    assert any(r.startswith(b"MAIL FROM:") for r in pstack.ordinary.reads)  # opened ahead
+    assert pstack.delivered() == 0
+    accepted = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
+    assert accepted.code == 250, accepted.text
+    assert len(pstack.ordinary.received) == 1
+
+
+async def test_envelope_opened_ahead_too_long_ago_is_not_trusted(
+    pstack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its age limit, the prepared transaction is closed and a fresh one made: the
+    message is delivered once."""
+    monkeypatch.setattr(relay, "PREPARED_MAX_AGE", -1.0)
+    for _ in range(2):
+        result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
+        assert result.code == 250, result.text
+    assert len(pstack.ordinary.received) == 2
+
+
+async def test_upstream_refusal_seen_ahead_is_the_answer(pstack: Stack) -> None:
+    """A recipient refused while the message was still coming in: the client gets that
+    refusal after its final dot, and the upstream is not asked a second time."""
+    pstack.ordinary.behaviour.rcpt_replies[GMAIL] = "550 5.1.1 No such user"
+    result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
+    assert result.code == 550 and "No such user" in result.text
+    asked = b"".join(pstack.ordinary.reads).count(b"RCPT TO:")
+    assert asked == 1
