@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -249,7 +249,7 @@ class SmtpRelay:
             async with asyncio.timeout(self.config.timeout):
                 if ready is not None:
                     client = ready.client
-                    detail = await self._send_message(client, delivery)
+                    detail = await self._send_message(client, delivery, ready.sent_size)
                 else:
                     client, reused = await self._acquire()
                     try:
@@ -310,7 +310,10 @@ class SmtpRelay:
             ready.recipients != delivery.recipients
             or time.monotonic() - ready.opened > PREPARED_MAX_AGE
             or not ready.client.is_connected
+            or (ready.sent_size and not ready.starts(delivery.message))
         ):
+            # (What was sent ahead is not the start of the message decided: the upstream
+            # drops it with the connection, no final dot having been sent.)
             ready.client.close()
             return None
         return ready
@@ -506,26 +509,57 @@ class SmtpRelay:
                 answers.append(await next_response(protocol, timeout))
         return answers
 
-    async def _send_message(self, client: aiosmtplib.SMTP, delivery: Delivery) -> str:
-        """After the upstream's 354: the message, the final dot (one write), its reply."""
+    async def _send_message(
+        self, client: aiosmtplib.SMTP, delivery: Delivery, skip: int = 0
+    ) -> str:
+        """After the upstream's 354: the message (from ``skip``, what was sent ahead), the
+        final dot (one write), its reply."""
         protocol: Any = client.protocol
+        rest = delivery.message[skip:] if skip else delivery.message
         async with protocol._command_lock:
             protocol._response_pending = True
-            write_all(protocol, dot_stuffed(delivery.message, delivery.dot_free))
+            write_all(protocol, dot_stuffed(rest, delivery.dot_free))
             response = await next_response(protocol, self.config.timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return str(response.message)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedTransaction:
-    """An upstream connection that said 354 to a transaction for ``recipients``."""
+    """An upstream connection that said 354 to a transaction for ``recipients``, and what
+    was already written on it ahead of the decision (see :mod:`mssgate.ahead`)."""
 
     client: aiosmtplib.SMTP
     recipients: tuple[str, ...]
     opened: float
-    """``time.monotonic()`` when the upstream said 354."""
+    """``time.monotonic()`` when the upstream said 354 or last got bytes."""
+    sent: list[bytes | memoryview] = field(default_factory=list)
+    """The message's first bytes, already written (dot-stuffing needed none, and they end at
+    a line end): a delivery goes on from there only if its message starts with them."""
+    sent_size: int = 0
+
+    def send_ahead(self, piece: bytes | memoryview) -> None:
+        """Write the next bytes of the message (no line of them may start with a dot)."""
+        protocol: Any = self.client.protocol
+        transport: Any = protocol.transport if protocol is not None else None
+        if transport is None or transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        transport.write(piece)
+        self.sent.append(piece)
+        self.sent_size += len(piece)
+        self.opened = time.monotonic()
+
+    def starts(self, message: bytes) -> bool:
+        """``message`` begins with exactly the bytes sent ahead."""
+        if len(message) < self.sent_size:
+            return False
+        at = 0
+        for piece in self.sent:
+            if not message.startswith(piece, at):  # (memcmp; a memoryview == is per byte)
+                return False
+            at += len(piece)
+        return True
 
 
 PREPARED_MAX_AGE = 20.0

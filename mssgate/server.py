@@ -28,6 +28,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from mssgate.ahead import SendAhead
 from mssgate.auth import AuthThrottle, verify_password
 from mssgate.decide import (
     check_recipient,
@@ -55,6 +56,9 @@ DomainCheckFn = Callable[[str], Awaitable[str]]
 """Recipient domain -> ``"exists"``, ``"missing"`` or ``"tempfail"``."""
 
 ONE_ROUTE = "one_route_per_message"
+AHEAD_MAX_TRANSFERS = 2
+"""Messages are sent ahead upstream (see :mod:`mssgate.ahead`) only with at most this many
+DATA transfers under way."""
 COPIES_IN_FLIGHT = 3
 """How many times a message's size counts against ``listen.max_inflight_bytes``."""
 _MARGIN = 15.0
@@ -141,6 +145,8 @@ class InflightBudget:
         self.used = 0
         self.peak = 0
         """The most ever held at once (what the memory test and the benchmark read)."""
+        self.transfers = 0
+        """DATA transfers under way (all sessions)."""
 
     def full(self) -> bool:
         """True when no new DATA may start."""
@@ -189,6 +195,7 @@ class GatewaySMTP(SMTP):
         self.counted_client: str | None = None
         self.over_limit = False
         self._transfer: DataReader | None = None
+        self._ahead: SendAhead | None = None
         self._transfer_done: asyncio.Future[None] | None = None
         self._held = 0
 
@@ -272,7 +279,12 @@ class GatewaySMTP(SMTP):
                 reader.refuse("busy")
                 self.budget.give(self._held)
                 self._held = 0
-        if reader.feed(data):
+        if not reader.feed(data):
+            if self._ahead is not None:
+                self._ahead.feed(reader, data)
+                if self._ahead.waiting(reader):
+                    self._pause_until(self._ahead.prepared)
+        else:
             self._transfer = None
             if self._transfer_done is not None and not self._transfer_done.done():
                 self._transfer_done.set_result(None)
@@ -280,10 +292,25 @@ class GatewaySMTP(SMTP):
                 # What the client sent after its final dot is its next command.
                 super().data_received(reader.leftover)
 
+    def _pause_until(self, task: asyncio.Future[Any]) -> None:
+        """Read nothing more from the client until ``task`` is done."""
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+
+        def resume(_: object) -> None:
+            current: Any = self.transport
+            if current is transport and not current.is_closing():
+                current.resume_reading()
+
+        task.add_done_callback(resume)
+
     def _start_transfer(self, reader: DataReader) -> asyncio.Future[None]:
         """Route the connection's bytes to ``reader``, starting with any already buffered."""
         self._transfer = reader
         self._held = 0
+        self.budget.transfers += 1
         done: asyncio.Future[None] = self.loop.create_future()
         self._transfer_done = done
         stream: Any = self._reader
@@ -297,8 +324,11 @@ class GatewaySMTP(SMTP):
         return done
 
     def _end_transfer(self) -> None:
+        if self._transfer_done is not None:
+            self.budget.transfers -= 1
         self._transfer = None
         self._transfer_done = None
+        self._ahead = None
         self.budget.give(self._held)
         self._held = 0
 
@@ -358,8 +388,21 @@ class GatewaySMTP(SMTP):
         if isinstance(envelope, TransactionState) and isinstance(
             self.event_handler, GatewayHandler
         ):
+            handler = self.event_handler
+            session = self.session
             try:
-                self.event_handler.prepare(envelope)
+                handler.prepare(envelope)
+                # Sending ahead shortens a message's trip when the gateway has time to spare;
+                # with many transfers at once, the processor is the limit and it only costs.
+                if (
+                    len(envelope.prepared) == 1
+                    and session is not None
+                    and self.budget.transfers <= AHEAD_MAX_TRANSFERS
+                ):
+                    ((route, task),) = envelope.prepared.items()
+                    self._ahead = SendAhead(
+                        task, lambda beginning: handler.predict(session, envelope, route, beginning)
+                    )
             except Exception:
                 log.exception("opening the upstream ahead failed; it will be opened later")
                 GatewayHandler.discard_prepared(envelope)
@@ -801,6 +844,20 @@ class GatewayHandler:
                 envelope.prepared[route] = relay.prepare(
                     _mail_from(envelope), recipients, tuple(envelope.mail_options)
                 )
+
+    def predict(
+        self, session: Session, envelope: TransactionState, route: Route, beginning: bytes
+    ) -> bytes | None:
+        """What would be relayed on ``route`` for a message that began with ``beginning``
+        (None: nothing); see :mod:`mssgate.ahead`."""
+        policy = envelope.policy or self.current_policy()
+        attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
+        decision = self.decide_fn(
+            policy, self._envelope(envelope, attempted, self._login(session)), beginning
+        )
+        if decision.action is not Action.ACCEPT:
+            return None
+        return next((d.message for d in decision.deliveries if d.route is route), None)
 
     @staticmethod
     def discard_prepared(envelope: TransactionState) -> None:

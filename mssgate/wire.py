@@ -208,6 +208,16 @@ class DataReader:
         return not self._stuffed and self.crlf_only
 
     @property
+    def unchanged_so_far(self) -> bool:
+        """True while the bytes received are the message's own (nothing to unstuff, no bare
+        line ending; a CR at the very end may still be a CRLF's)."""
+        return not self._stuffed and not self._bare
+
+    def peek(self) -> bytes:
+        """The bytes received so far (a copy), before the transfer is finished."""
+        return b"".join(self._chunks)
+
+    @property
     def crlf_only(self) -> bool:
         """True when every line of the message ended with CRLF."""
         return not self._bare and not self._cr_at_end

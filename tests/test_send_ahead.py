@@ -1,0 +1,220 @@
+"""Big messages sent upstream while they come in (mssgate.ahead), over real SMTP: what the
+upstream finally holds is exactly what the filter decided, once, whatever happened on the way
+(a refusal at the end, a rewrite the beginning did not predict, dots, bare line endings, a
+client that leaves)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import smtplib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+
+import pytest
+
+from mssgate import ahead, relay
+from mssgate.decide import decide
+from mssgate.model import Action, Decision, Envelope
+from mssgate.policy import Policy
+from tests.conftest import Stack, running_stack
+from tests.smtp_peers import LOOPBACK, send
+
+DR = "dr.martin@cabinet-gare.fr"
+BAL = "alice.martin@medecin.mssante.fr"
+CONFRERE = "jean.confrere@medecin.mssante.fr"
+COPY = "cabinet.gare@cabinet.mssante.fr"
+GMAIL = "patient.ami@gmail.com"
+SIZE = 3 * ahead.START  # well past the point where sending ahead starts
+
+
+def big_message(
+    sender: str, to: str, tail_text: str = "", size: int = SIZE, tail_part: str = ""
+) -> bytes:
+    """A text part, a base64 attachment of about ``size`` bytes, then (optionally) one more
+    text part or ``tail_part`` (headers and body): the signature's place is at the top, the
+    tail comes last."""
+    blob = random.Random(7).randbytes(size * 3 // 4)
+    b64 = base64.encodebytes(blob).decode().replace("\n", "\r\n")
+    if tail_text:
+        tail_part = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{tail_text}"
+    tail = f"--b1\r\n{tail_part}\r\n" if tail_part else ""
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: Imagerie\r\nMessage-ID: <big@cabinet-gare.fr>\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nBonjour,\r\nci-joint.\r\n"
+        '--b1\r\nContent-Type: application/pdf; name="cr.pdf"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+        f"{b64}{tail}--b1--\r\n"
+    ).encode()
+
+
+@pytest.fixture(params=[False, True], ids=["one-at-a-time", "pipelining"])
+async def bstack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """The gateway with two capture upstreams, with and without PIPELINING."""
+    async with running_stack(pipelining=request.param) as s:
+        yield s
+
+
+@pytest.fixture
+def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The sizes written ahead (the real method runs; this only shows the path taken)."""
+    sizes: list[int] = []
+    real = relay.PreparedTransaction.send_ahead
+
+    def spy(self: relay.PreparedTransaction, piece: bytes | memoryview) -> None:
+        sizes.append(len(piece))
+        real(self, piece)
+
+    monkeypatch.setattr(relay.PreparedTransaction, "send_ahead", spy)
+    yield sizes
+
+
+def decided(stack: Stack, sender: str, rcpts: list[str], raw: bytes) -> bytes:
+    """What the filter relays for this message, computed directly."""
+    decision = decide(stack.policy, Envelope(sender, tuple(rcpts)), raw)
+    assert decision.action is Action.ACCEPT
+    (delivery,) = decision.deliveries
+    return delivery.message
+
+
+async def test_signed_big_message_arrives_exactly_as_decided(
+    bstack: Stack, sent_ahead: list[int]
+) -> None:
+    raw = big_message(DR, GMAIL)
+    result = await send(bstack.port, DR, [GMAIL], raw)
+    assert result.code == 250, result.text
+    assert sum(sent_ahead) > len(raw) // 2  # most of it went while the client was sending
+    (received,) = bstack.ordinary.received
+    assert received.data == decided(bstack, DR, [GMAIL], raw)
+    assert b"X-MSSGate-Signature: added" in received.data
+
+
+async def test_mssante_big_message_byte_for_byte(bstack: Stack, sent_ahead: list[int]) -> None:
+    raw = big_message(BAL, CONFRERE)
+    result = await send(bstack.port, BAL, [CONFRERE], raw)
+    assert result.code == 250, result.text
+    assert sent_ahead
+    (received,) = bstack.mssante.received
+    assert received.data == raw
+    assert received.rcpt_tos == [CONFRERE, COPY]
+
+
+async def test_refused_at_the_end_nothing_reaches_anyone(
+    bstack: Stack, sent_ahead: list[int]
+) -> None:
+    """The beginning looked fine and went ahead; the end forwards a message received from an
+    MSSanté address to an ordinary one: refused, and the upstream never gets the final dot."""
+    forward = (
+        "Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
+        f"From: {CONFRERE}\r\nTo: {DR}\r\nSubject: resultats\r\n\r\nHbA1c 7,2 %."
+    )
+    raw = big_message(DR, GMAIL, tail_part=forward)
+    result = await send(bstack.port, DR, [GMAIL], raw)
+    assert result.code is not None and result.code >= 500, result.text
+    assert sent_ahead
+    assert bstack.delivered() == 0
+    after = await send(bstack.port, DR, [GMAIL], big_message(DR, GMAIL))
+    assert after.code == 250
+    assert len(bstack.ordinary.received) == 1
+
+
+async def test_rewrite_not_predicted_goes_the_usual_way(sent_ahead: list[int]) -> None:
+    """The whole message is relayed with other bytes at its top than its beginning was (a
+    filter whose answer changes with the end): what went ahead is dropped with its
+    connection, and the message decided is delivered, once."""
+
+    def late_change(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+        decision = decide(policy, envelope, raw)
+        if not raw.endswith(b"--b1--\r\n"):
+            return decision  # a beginning: the usual answer
+        (delivery,) = decision.deliveries
+        changed = replace(delivery, message=b"X-Late: 1\r\n" + delivery.message)
+        return replace(decision, deliveries=(changed,))
+
+    async with running_stack(decide_fn=late_change, pipelining=True) as stack:
+        raw = big_message(DR, GMAIL)
+        result = await send(stack.port, DR, [GMAIL], raw)
+        assert result.code == 250, result.text
+        assert sent_ahead
+        (received,) = stack.ordinary.received
+        assert received.data.startswith(b"X-Late: 1\r\n")
+        assert (
+            received.data
+            == late_change(stack.policy, Envelope(DR, (GMAIL,)), raw).deliveries[0].message
+        )
+
+
+@pytest.mark.parametrize(
+    "late",
+    ["..cachee\r\n", "ligne nue\n", "retour\r chariot\r\n"],
+    ids=["stuffed-dot", "bare-lf", "bare-cr"],
+)
+async def test_late_dots_and_line_endings_are_relayed_right(bstack: Stack, late: str) -> None:
+    """A line starting with a dot, or a bare line ending, after sending ahead began: the
+    upstream gets the message the filter read (unstuffed, every line ending CRLF)."""
+    raw = big_message(BAL, CONFRERE, tail_text="fin")
+    wire = raw.replace(b"fin\r\n", late.encode() + b"fin\r\n")
+    async with asyncio.timeout(30):
+        code = await asyncio.to_thread(_send_wire, bstack.port, BAL, CONFRERE, wire)
+    assert code == 250
+    (received,) = bstack.mssante.received
+    expected = wire.replace(b"\r\n..", b"\r\n.").replace(b"\r\n", b"\n")
+    expected = expected.replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert received.data == expected
+
+
+def _send_wire(port: int, sender: str, rcpt: str, wire: bytes) -> int:
+    """DATA with these exact bytes (already dot-stuffed by the caller, bare endings kept)."""
+    with smtplib.SMTP(LOOPBACK, port, timeout=20) as client:
+        client.ehlo()
+        client.mail(sender)
+        client.rcpt(rcpt)
+        code, _ = client.docmd("DATA")
+        assert code == 354
+        client.send(wire + b".\r\n")
+        code, _ = client.getreply()
+        return code
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    """One whole SMTP reply (the last line of a multi-line one)."""
+    while True:
+        line = await reader.readline()
+        if line[3:4] != b"-":
+            return line
+
+
+async def test_client_leaving_midway_leaves_nothing(bstack: Stack, sent_ahead: list[int]) -> None:
+    raw = big_message(DR, GMAIL)
+    reader, writer = await asyncio.open_connection(LOOPBACK, bstack.port)
+    await _reply(reader)  # the banner
+    for command in (b"EHLO client.test", f"MAIL FROM:<{DR}>", f"RCPT TO:<{GMAIL}>", b"DATA"):
+        writer.write((command if isinstance(command, bytes) else command.encode()) + b"\r\n")
+        reply = await _reply(reader)
+    assert reply.startswith(b"354")
+    writer.write(raw[: len(raw) * 2 // 3])
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+    await asyncio.sleep(0.3)
+    assert sent_ahead
+    assert bstack.delivered() == 0
+    again = await send(bstack.port, DR, [GMAIL], big_message(DR, GMAIL))
+    assert again.code == 250
+    assert len(bstack.ordinary.received) == 1
+
+
+async def test_nothing_goes_ahead_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more DATA transfers at once than the gateway sends ahead for, messages go the
+    usual way, and all arrive."""
+    from mssgate import server
+
+    monkeypatch.setattr(server, "AHEAD_MAX_TRANSFERS", 0)
+    async with running_stack() as stack:
+        raw = big_message(BAL, CONFRERE)
+        results = await asyncio.gather(*(send(stack.port, BAL, [CONFRERE], raw) for _ in range(3)))
+        assert [r.code for r in results] == [250, 250, 250]
+        assert [r.data for r in stack.mssante.received] == [raw] * 3
+        assert stack.mssante.received[0].rcpt_tos == [CONFRERE, COPY]
