@@ -1130,6 +1130,8 @@ def _set_part_headers(
     raw = msg.raw
     le = _detect_le(raw[part.header_start : part.body_start], msg.line_ending)
     scan, header_end = edits.header_end(raw, part, le)
+    if charset is None and cte is None:
+        return  # (the header block's missing blank line, if any, is still added)
     fields = _fields(raw, scan)
     additions: list[bytes] = []
     if charset is not None:
@@ -1206,7 +1208,7 @@ def _encode_body(tb: _TextBody, new_decoded: bytes, cte: str) -> bytes:
 
 def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> None:
     tb = _text_body(msg, part)
-    cte, body, decoded, codec, le = tb.cte, tb.body, tb.decoded, tb.codec, tb.le
+    cte, decoded, codec, le = tb.cte, tb.decoded, tb.codec, tb.le
     flowed = part.params.get("format", "").strip().lower() == "flowed"
     les = le.decode("ascii")
     sig = les.join(_signature_lines(text, flowed))
@@ -1238,10 +1240,10 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
         new_cte = "quoted-printable"
     out_cte = new_cte or cte
     if out_cte in ("7bit", "8bit", "binary") and new_charset is None:
-        new_body = body + sig_bytes  # the original bytes stay as they were, signature appended
+        # The original bytes stay as they were: the signature is inserted after them.
+        edits.replace(part.body_end, part.body_end, sig_bytes)
     else:
-        new_body = _encode_body(tb, new_decoded, out_cte)
-    edits.replace(part.body_start, part.body_end, new_body)
+        edits.replace(part.body_start, part.body_end, _encode_body(tb, new_decoded, out_cte))
     _set_part_headers(msg, part, edits, charset=new_charset, cte=new_cte)
 
 

@@ -57,8 +57,8 @@ DomainCheckFn = Callable[[str], Awaitable[str]]
 
 ONE_ROUTE = "one_route_per_message"
 AHEAD_MAX_TRANSFERS = 2
-"""Messages are sent ahead upstream (see :mod:`mssgate.ahead`) only with at most this many
-DATA transfers under way."""
+"""The upstream transaction is opened, and big messages sent, ahead (see :mod:`mssgate.ahead`)
+only with at most this many DATA transfers under way."""
 COPIES_IN_FLIGHT = 3
 """How many times a message's size counts against ``listen.max_inflight_bytes``."""
 _MARGIN = 15.0
@@ -390,15 +390,13 @@ class GatewaySMTP(SMTP):
         ):
             handler = self.event_handler
             session = self.session
+            if self.budget.transfers > AHEAD_MAX_TRANSFERS:
+                # Opening ahead shortens a message's trip when the gateway has time to spare;
+                # with many transfers at once, the processor is the limit and it only costs.
+                return
             try:
                 handler.prepare(envelope)
-                # Sending ahead shortens a message's trip when the gateway has time to spare;
-                # with many transfers at once, the processor is the limit and it only costs.
-                if (
-                    len(envelope.prepared) == 1
-                    and session is not None
-                    and self.budget.transfers <= AHEAD_MAX_TRANSFERS
-                ):
+                if len(envelope.prepared) == 1 and session is not None:
                     ((route, task),) = envelope.prepared.items()
                     self._ahead = SendAhead(
                         task, lambda beginning: handler.predict(session, envelope, route, beginning)
