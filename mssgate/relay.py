@@ -491,12 +491,12 @@ class SmtpRelay:
                     protocol.write(b"".join(c + b"\r\n" for c in commands))
                 else:
                     protocol.write(commands[0] + b"\r\n")
-                answers.append(await next_response(protocol, timeout))
+                answers.append(await next_response(protocol))
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 raise _StaleConnection from exc
             if pipelined:
                 while len(answers) < len(commands):
-                    answers.append(await next_response(protocol, timeout))
+                    answers.append(await next_response(protocol))
                 return answers
             if answers[0].code != 250:
                 return answers
@@ -506,7 +506,7 @@ class SmtpRelay:
                     command = b"RSET"
                 protocol._response_pending = True
                 protocol.write(command + b"\r\n")
-                answers.append(await next_response(protocol, timeout))
+                answers.append(await next_response(protocol))
         return answers
 
     async def _send_message(
@@ -519,7 +519,7 @@ class SmtpRelay:
         async with protocol._command_lock:
             protocol._response_pending = True
             write_all(protocol, dot_stuffed(rest, delivery.dot_free))
-            response = await next_response(protocol, self.config.timeout)
+            response = await next_response(protocol)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return str(response.message)
@@ -590,11 +590,27 @@ def _pipelining_possible(client: aiosmtplib.SMTP) -> bool:
     ) and isinstance(getattr(protocol, "_command_lock", None), asyncio.Lock)
 
 
-async def next_response(protocol: Any, timeout: float) -> aiosmtplib.SMTPResponse:
-    """The next reply of a pipelined group: one already received, or the next to come."""
+async def next_response(protocol: Any) -> aiosmtplib.SMTPResponse:
+    """The next reply of a pipelined group: one already received, or the next to come.
+
+    The wait is bounded by the caller's ``asyncio.timeout`` (the route's budget for the
+    whole transaction): no timer of its own per reply.
+    """
     response: aiosmtplib.SMTPResponse | None = protocol._read_response_from_buffer()
-    if response is None:
-        response = await protocol.read_response(timeout=timeout)
+    if response is not None:
+        return response
+    waiter = protocol._response_waiter
+    if waiter is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    protocol._response_pending = True
+    try:
+        response = await waiter
+    finally:
+        # As aiosmtplib's read_response: a fresh waiter for the next reply.
+        protocol._response_pending = False
+        protocol._response_waiter = (
+            None if protocol.transport is None else asyncio.get_running_loop().create_future()
+        )
     return response
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import ipaddress
 import logging
 import os
@@ -100,14 +101,19 @@ def session_peer(server: SMTP) -> Any:
     return server.session.peer if server.session is not None else None
 
 
+@functools.lru_cache(maxsize=1024)
+def _ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+
+
 def peer_ip(peer: Any) -> IPAddress | None:
     """The client's IP address from aiosmtpd's ``session.peer``."""
     if not isinstance(peer, tuple) or not peer:
         return None
-    try:
-        return ipaddress.ip_address(str(peer[0]).split("%")[0])
-    except ValueError:
-        return None
+    return _ip(str(peer[0]))
 
 
 class ConnectionCounter:
