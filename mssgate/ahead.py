@@ -30,6 +30,9 @@ HOLD = 16 * 1024
 """The end of that beginning is not sent from the prediction (a part cut short there may be
 read differently once complete): it goes later, as received."""
 
+ANCHOR = 512
+"""Bytes on each side of the cut that must be found, unchanged, in the prediction."""
+
 Predict = Callable[[bytes], "bytes | None"]
 """What the filter would relay for a message that began with these bytes (None: nothing)."""
 
@@ -90,17 +93,15 @@ class SendAhead:
         if predicted is None:
             self.stop()
             return
-        shift = len(predicted) - len(beginning)
+        # Where the cut is in the prediction: the bytes around it, unchanged, found after
+        # what the filter inserted above them (the signature's place may also be at the very
+        # end, as in a single text part: that part is not sent from the prediction anyway).
+        anchor = beginning[cut - min(cut, ANCHOR) : cut + ANCHOR]
+        found = predicted.find(anchor, cut - min(cut, ANCHOR))
+        shift = found - (cut - min(cut, ANCHOR))
         head = predicted[: cut + shift]
-        # Sent only when every change the filter makes is before the cut (the rest is the
-        # same bytes), and no line of it starts with a dot; else the usual way.
-        if (
-            shift < 0
-            or not head.endswith(b"\r\n")
-            or head.startswith(b".")
-            or b"\r\n." in head
-            or predicted[cut + shift :] != beginning[cut:]
-        ):
+        # Sent only when the cut is found and no line of the head starts with a dot.
+        if found < 0 or not head.endswith(b"\r\n") or head.startswith(b".") or b"\r\n." in head:
             self.stop()
             return
         self._open = self.prepared.result()

@@ -60,6 +60,8 @@ ONE_ROUTE = "one_route_per_message"
 AHEAD_MAX_TRANSFERS = 2
 """The upstream transaction is opened, and big messages sent, ahead (see :mod:`mssgate.ahead`)
 only with at most this many DATA transfers under way."""
+AHEAD_WAIT = 1.0
+"""Seconds the client may be held while the upstream opens, for a message to go ahead."""
 COPIES_IN_FLIGHT = 3
 """How many times a message's size counts against ``listen.max_inflight_bytes``."""
 _MARGIN = 15.0
@@ -289,7 +291,7 @@ class GatewaySMTP(SMTP):
             if self._ahead is not None:
                 self._ahead.feed(reader, data)
                 if self._ahead.waiting(reader):
-                    self._pause_until(self._ahead.prepared)
+                    self._pause_until(self._ahead)
         else:
             self._transfer = None
             if self._transfer_done is not None and not self._transfer_done.done():
@@ -298,19 +300,29 @@ class GatewaySMTP(SMTP):
                 # What the client sent after its final dot is its next command.
                 super().data_received(reader.leftover)
 
-    def _pause_until(self, task: asyncio.Future[Any]) -> None:
-        """Read nothing more from the client until ``task`` is done."""
+    def _pause_until(self, ahead: SendAhead) -> None:
+        """Read nothing more from the client until the upstream said 354 (at most
+        ``AHEAD_WAIT`` seconds: past that, nothing goes ahead for this message)."""
         transport: Any = self.transport
         if transport is None or transport.is_closing():
             return
         transport.pause_reading()
+        resumed = False
 
-        def resume(_: object) -> None:
+        def resume(_: object = None) -> None:
+            nonlocal resumed
+            if resumed:
+                return
+            resumed = True
+            timer.cancel()
+            if not ahead.prepared.done():
+                ahead.stop()  # a slow upstream: the message goes the usual way
             current: Any = self.transport
             if current is transport and not current.is_closing():
                 current.resume_reading()
 
-        task.add_done_callback(resume)
+        timer = self.loop.call_later(AHEAD_WAIT, resume)
+        ahead.prepared.add_done_callback(resume)
 
     def _start_transfer(self, reader: DataReader) -> asyncio.Future[None]:
         """Route the connection's bytes to ``reader``, starting with any already buffered."""

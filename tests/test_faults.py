@@ -26,12 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from mssgate import server
 from mssgate.config import load_policy
 from mssgate.decide import decide
 from mssgate.holder import PolicyHolder
 from mssgate.model import Decision, Envelope, Route
 from mssgate.policy import Policy
-from mssgate.relay import RelayRegistry
+from mssgate.relay import PreparedTransaction, RelayRegistry
 from mssgate.server import DecideFn, Gateway
 from tests.conftest import make_policy, policy_yaml
 from tests.faulty_upstream import Faults, FaultyUpstream, Stage
@@ -185,13 +186,22 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
 
 
 def fault_message(
-    marker: str, sender: str, to: str, *, size: int = 0, extra_headers: str = ""
+    marker: str,
+    sender: str,
+    to: str,
+    *,
+    size: int = 0,
+    extra_headers: str = "",
+    dots: bool = True,
 ) -> bytes:
-    """A message carrying ``marker`` (header and Message-ID), with lines that need dot-stuffing.
+    """A message carrying ``marker`` (header and Message-ID), with lines that need dot-stuffing
+    (unless ``dots`` is False).
 
     ``size`` pads the body to at least that many bytes.
     """
     body = "Bonjour,\n.une ligne qui commence par un point\n..\n.\nFin du compte rendu.\n"
+    if not dots:
+        body = "Bonjour,\nFin du compte rendu.\n"
     if size:
         filler = "Ligne de remplissage du compte rendu, 0123456789 abcdefghij.\n"
         body += filler * (size // len(filler) + 1)
@@ -278,11 +288,17 @@ class FaultStack:
         to: str | None = None,
         size: int = 0,
         extra_headers: str = "",
+        dots: bool = True,
     ) -> tuple[Sent, SendResult, bytes]:
         """Send one marked message with smtplib; record what the client was told."""
         entry = self.new(routes)
         raw = fault_message(
-            entry.marker, sender, to or ", ".join(rcpts), size=size, extra_headers=extra_headers
+            entry.marker,
+            sender,
+            to or ", ".join(rcpts),
+            size=size,
+            extra_headers=extra_headers,
+            dots=dots,
         )
         result = await send(self.port, sender, rcpts, raw)
         entry.code = result.code
@@ -518,6 +534,42 @@ async def test_upstream_refuses_the_policy_copy_recipient(
         assert COPY in result.text
         await stack.assert_clean()
         assert stack.mssante.committed == []
+
+
+BIG_FAULTS: dict[str, tuple[Faults, int]] = {
+    "slow_mail": (Faults(delay={"mail": 0.3}), 250),
+    "slow_data": (Faults(delay={"data": 0.3}), 250),
+    "drop_mid_payload": (Faults(drop_at="payload", drop_after_bytes=400_000), 451),
+    "refused_after_dot": (Faults(final_reply="554 5.7.1 Rejected by operator policy"), 554),
+    "deferred_after_dot": (Faults(final_reply="452 4.3.1 Insufficient system storage"), 452),
+    "too_slow_after_dot": (Faults(delay={"after_dot": 3.0}), 451),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(BIG_FAULTS))
+async def test_big_message_sent_ahead_meets_upstream_faults(
+    ledger: Ledger, case: str, fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1 MB message goes upstream while it comes in (mssgate.ahead): whatever the upstream
+    does meanwhile, the client is told 250 only for a message delivered once, and anything
+    else is delivered nowhere."""
+    monkeypatch.setattr(server, "AHEAD_WAIT", 0.05)  # a slow upstream: not waited for long
+    sent_ahead: list[int] = []
+    real = PreparedTransaction.send_ahead
+
+    def spy(self: PreparedTransaction, piece: bytes | memoryview) -> None:
+        sent_ahead.append(len(piece))  # (the real method runs: this shows the path taken)
+        real(self, piece)
+
+    monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
+    faults, code = BIG_FAULTS[fault]
+    async with fault_stack(ledger, case, ordinary=faults, timeout=2.0) as stack:
+        _, result, _ = await stack.send(DR, [GMAIL], [ORDINARY], size=1_000_000, dots=False)
+        assert result.code == code, result
+        tally = await stack.assert_clean()
+        assert tally.delivered == (1 if code == 250 else 0)
+    # The upstream slow to open: nothing went ahead; otherwise most of the message did.
+    assert (sum(sent_ahead) > 500_000) is (fault not in ("slow_mail", "slow_data"))
 
 
 @pytest.mark.parametrize("where", ["headers", "half_body", "all_but_final_dot", "dot_no_crlf"])
