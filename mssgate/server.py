@@ -24,7 +24,7 @@ import time
 import uuid
 from base64 import b64decode
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
@@ -62,6 +62,8 @@ AHEAD_MAX_TRANSFERS = 2
 only with at most this many DATA transfers under way."""
 AHEAD_WAIT = 1.0
 """Seconds the client may be held while the upstream opens, for a message to go ahead."""
+_PUSH_BUFFER = 64 * 1024
+"""Bytes of replies not yet sent past which a reply waits for the client to read them."""
 COPIES_IN_FLIGHT = 3
 """How many times a message's size counts against ``listen.max_inflight_bytes``."""
 _MARGIN = 15.0
@@ -266,6 +268,21 @@ class GatewaySMTP(SMTP):
             self.counted_client = None
             self.observers.connection(False)
         super().connection_lost(error)
+
+    async def push(self, status: AnyStr) -> None:
+        """One reply line to the client: aiosmtpd's, without the drain (and its coroutine)
+        while the transport's buffer is below its high-water mark."""
+        if isinstance(status, str):
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            response = bytes(status)
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            await super().push(status)  # (aiosmtpd's own path and errors)
+            return
+        transport.write(response + b"\r\n")
+        if transport.get_write_buffer_size() > _PUSH_BUFFER:
+            await self._writer.drain()
 
     def data_received(self, data: bytes) -> None:
         """During DATA, the bytes go straight to the transfer's reader (no stream buffer, no
