@@ -1118,6 +1118,14 @@ def _field_le(field_bytes: bytes, default: bytes) -> bytes:
     return default
 
 
+_FWS = rb"(?:[ \t]|\r?\n[ \t])*"
+_CHARSET_PARAM = re.compile(
+    rb"(?i)(;" + _FWS + rb"charset" + _FWS + rb"=" + _FWS + rb')("[^"]*"|[^\s;()]*)'
+)
+"""The charset parameter in a Content-Type field line; its value may be empty, and the
+blanks around it may be folded, never the end of the field."""
+
+
 def _set_part_headers(
     msg: ParsedMessage,
     part: Part,
@@ -1142,7 +1150,7 @@ def _set_part_headers(
             )
         else:
             fb = raw[ct.start : ct.end]
-            pm = re.search(rb'(?i)(;\s*charset\s*=\s*)("[^"]*"|[^\s;()]*)', fb)
+            pm = _CHARSET_PARAM.search(fb)
             if _parse_structured(_unfold(ct.value))[0] != part.content_type:
                 # an invalid Content-Type read as text/plain: write a valid one
                 name = fb.split(b":", 1)[0]

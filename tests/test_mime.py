@@ -1475,3 +1475,19 @@ def test_html_forward_with_the_at_sign_as_a_character_reference(at: str) -> None
     assert list(forward_origins(parse_message(raw))) == [
         ForwardOrigin("inline_forward", "labo@bio.mssante.fr")
     ]
+
+
+def test_empty_charset_parameter_gets_its_value_on_the_same_line() -> None:
+    """``charset=`` with nothing after it, at the end of the line: the new charset goes there,
+    not after the line break (which would mangle the next field, here the transfer encoding).
+    Found by the mutation test on a corpus message."""
+    raw = (
+        b"From: dr.martin@cabinet-gare.fr\r\nTo: ami@gmail.com\r\nSubject: x\r\n"
+        b"Content-Type: text/plain; charset=\r\nContent-Transfer-Encoding: 7bit\r\n"
+        b"X-After: kept\r\n\r\nBonjour\r\n"
+    )
+    result = add_signature(parse_message(raw), "Adresse MSSanté : x@y.mssante.fr", "<p>x</p>", "")
+    assert result.added
+    assert b"Content-Type: text/plain; charset=utf-8\r\n" in result.message
+    assert b"\r\nContent-Transfer-Encoding: quoted-printable\r\n" in result.message
+    _exercise(raw)
