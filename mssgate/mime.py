@@ -104,9 +104,13 @@ class Part:
     """Sub-parts of a multipart; for ``message/rfc822`` the attached message's top part."""
     headers: tuple[tuple[str, str], ...]
     """Header fields: name as written, value unfolded and RFC 2047 decoded."""
+    first_values: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """The first value of each field by lower-case name (built from ``headers``)."""
 
     def header(self, name: str) -> str | None:
         """First value of this part's header ``name`` (case-insensitive), or None."""
+        if self.first_values or not self.headers:
+            return self.first_values.get(name.lower())
         lname = name.lower()
         for key, value in self.headers:
             if key.lower() == lname:
@@ -235,7 +239,10 @@ def _bytes_to_str(data: bytes) -> str:
 
 
 def _unfold(value: bytes) -> str:
-    return _UNFOLD_RE.sub("", _bytes_to_str(value)).strip()
+    text = _bytes_to_str(value)
+    if text.count("\n") > 1 or not text.endswith("\n"):
+        text = _UNFOLD_RE.sub("", text)  # folded (or unusual): the full treatment
+    return text.strip()
 
 
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
@@ -376,11 +383,8 @@ def _detect_line_ending(raw: bytes) -> bytes:
     return b"\r\n" if nl > 0 and raw[nl - 1 : nl] == b"\r" else b"\n"
 
 
-def _first(fields: Sequence[tuple[str, str]], name: str) -> str | None:
-    for key, value in fields:
-        if key.lower() == name:
-            return value
-    return None
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+/[!#$%&'*+\-.^_`|~0-9a-z]+")
+_TOKEN_END = re.compile(r"[\s(;]")
 
 
 def _parse_entity(
@@ -401,28 +405,31 @@ def _parse_entity(
     if unfolded_out is not None:
         unfolded_out.extend(unfolded)
     headers = tuple((name, _decode_2047(value)) for name, value in unfolded)
+    first: dict[str, str] = {}
+    for name, value in unfolded:
+        first.setdefault(name.lower(), value)
 
-    ct_value = _first(unfolded, "content-type")
+    ct_value = first.get("content-type")
     content_type = default_type
     params = Params()
     if ct_value is not None:
         main, params = _parse_structured(ct_value)
-        if re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9a-z]+/[!#$%&'*+\-.^_`|~0-9a-z]+", main):
+        if _MEDIA_TYPE.fullmatch(main):
             content_type = main
         else:
             defects.append("invalid content-type")
             content_type = "text/plain"
             params = Params((k, v) for k, v in params.items() if k == "charset")
 
-    cte_value = _first(unfolded, "content-transfer-encoding")
+    cte_value = first.get("content-transfer-encoding")
     transfer_encoding = "7bit"
     if cte_value:
-        token = re.split(r"[\s(;]", cte_value.strip(), maxsplit=1)[0].lower()
+        token = _TOKEN_END.split(cte_value.strip(), maxsplit=1)[0].lower()
         transfer_encoding = token or "7bit"
 
     disposition: str | None = None
     filename: str | None = None
-    cd_value = _first(unfolded, "content-disposition")
+    cd_value = first.get("content-disposition")
     if cd_value is not None:
         disp, dparams = _parse_structured(cd_value)
         disposition = disp or None
@@ -476,7 +483,15 @@ def _parse_entity(
         body_end=body_end,
         children=children,
         headers=headers,
+        first_values=_first_values(headers),
     )
+
+
+def _first_values(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    first: dict[str, str] = {}
+    for name, value in headers:
+        first.setdefault(name.lower(), value)
+    return first
 
 
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?=\n|\Z)")
