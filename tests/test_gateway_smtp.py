@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import smtplib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -137,7 +138,15 @@ async def test_250_only_after_the_upstream_accepted(stack: Stack) -> None:
     assert got.at <= result.at  # the upstream had it before the client heard 250
 
 
-async def test_upstream_4xx_becomes_4xx(stack: Stack) -> None:
+@pytest.fixture(params=[False, True], ids=["one-at-a-time", "pipelining"])
+async def either(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    """The gateway with upstreams that do, or do not, offer PIPELINING."""
+    async with running_stack(pipelining=request.param) as s:
+        yield s
+
+
+async def test_upstream_4xx_becomes_4xx(either: Stack) -> None:
+    stack = either
     stack.ordinary.behaviour.data_reply = "452 4.3.1 Insufficient system storage"
     result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
     assert result.code == 452
@@ -145,14 +154,16 @@ async def test_upstream_4xx_becomes_4xx(stack: Stack) -> None:
     assert stack.delivered() == 0
 
 
-async def test_upstream_5xx_becomes_5xx_with_its_text(stack: Stack) -> None:
+async def test_upstream_5xx_becomes_5xx_with_its_text(either: Stack) -> None:
+    stack = either
     stack.ordinary.behaviour.mail_reply = "554 5.7.1 Sender blocked by operator"
     result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
     assert result.code == 554
     assert "Sender blocked by operator" in result.text
 
 
-async def test_recipient_refused_upstream_is_never_reported_accepted(stack: Stack) -> None:
+async def test_recipient_refused_upstream_is_never_reported_accepted(either: Stack) -> None:
+    stack = either
     other = "ami2@gmail.com"
     stack.ordinary.behaviour.rcpt_replies[other] = "550 5.1.1 No such user"
     result = await send(stack.port, DR, [GMAIL, other], message(DR, f"{GMAIL}, {other}"))

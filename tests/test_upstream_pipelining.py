@@ -62,21 +62,6 @@ async def test_recipient_deferred_is_4xx(pstack: Stack) -> None:
     assert pstack.delivered() == 0
 
 
-async def test_sender_refused_is_5xx_with_its_text(pstack: Stack) -> None:
-    pstack.ordinary.behaviour.mail_reply = "554 5.7.1 Sender blocked by operator"
-    result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
-    assert result.code == 554
-    assert "Sender blocked by operator" in result.text
-    assert pstack.delivered() == 0
-
-
-async def test_data_refused_after_the_message_is_4xx(pstack: Stack) -> None:
-    pstack.ordinary.behaviour.data_reply = "452 4.3.1 Insufficient system storage"
-    result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
-    assert result.code == 452
-    assert pstack.delivered() == 0
-
-
 async def test_envelope_opened_ahead_is_dropped_when_the_filter_refuses(pstack: Stack) -> None:
     """The upstream said 354 while the message came in; the filter refuses it: the upstream
     connection is closed without a final dot, and nothing reaches anyone."""
