@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from mssgate.decide import decide
+from mssgate.model import Envelope
 from mssgate.policy import Policy
 from mssgate.relay import build_relays
 from mssgate.server import Gateway
@@ -93,3 +95,21 @@ async def test_smtp_sink_hard_reject_on_rcpt_is_5xx() -> None:
         assert sink.messages() == []
     assert result.code is not None and 500 <= result.code < 600
     assert GMAIL in result.text
+
+
+async def test_smtp_sink_receives_a_big_message_sent_ahead_whole() -> None:
+    """A big message goes to Postfix's smtp-sink while it comes in (PIPELINING, then the
+    lines as they arrive): the sink holds it whole, signed, once."""
+    from tests.test_send_ahead import big_message
+
+    raw = big_message(DR, GMAIL)
+    async with sink_gateway() as (gateway, sink, policy):
+        result = await send(gateway.port, DR, [GMAIL], raw)
+        assert result.error is None, result
+        dumps = sink.messages()
+    expected = decide(policy, Envelope(DR, (GMAIL,)), raw).deliveries[0].message
+    assert len(dumps) == 1
+    # (smtp-sink writes its own X- lines first, LF line ends, and a blank line at the end)
+    dumped = dumps[0].replace(b"\r\n", b"\n").rstrip(b"\n")
+    assert dumped.endswith(b"\n" + expected.replace(b"\r\n", b"\n").rstrip(b"\n"))
+    assert b"X-MSSGate-Signature: added" in dumps[0]

@@ -498,3 +498,32 @@ async def test_connections_in_total_are_limited(tls: TlsFiles) -> None:
         writer.close()
         for w in writers:
             w.close()
+
+
+async def test_big_message_sent_ahead_over_upstream_starttls(
+    tls: TlsFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big message goes upstream while it comes in over the route's TLS session too, and
+    arrives exactly as received."""
+    from mssgate.relay import PreparedTransaction
+    from tests.test_send_ahead import big_message
+
+    sent_ahead: list[int] = []
+    real = PreparedTransaction.send_ahead
+
+    def spy(self: PreparedTransaction, piece: bytes | memoryview) -> None:
+        sent_ahead.append(len(piece))  # (the real method runs: this shows the path taken)
+        real(self, piece)
+
+    monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
+    raw = big_message("a@exemple.fr", GMAIL)
+
+    def send_big(port: int) -> None:
+        with smtplib.SMTP(LOOPBACK, port, timeout=20) as client:
+            client.sendmail("a@exemple.fr", [GMAIL], raw)
+
+    async with tls_upstream_stack(tls, f", ca_file: {tls.ca}") as (gateway, upstream):
+        await asyncio.to_thread(send_big, gateway.port)
+    assert upstream.tls_sessions == 1
+    assert [r.data for r in upstream.received] == [raw]
+    assert sum(sent_ahead) > len(raw) // 2
