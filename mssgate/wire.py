@@ -235,7 +235,7 @@ class DataReader:
         if self._stuffed:
             content = (b"\r\n" + content).replace(_DOT_LINE, b"\r\n")[2:]
         if not self.crlf_only:
-            content = _LINE_ENDINGS.sub(b"\r\n", content)
+            content = normalize_line_endings(content)
         return content
 
 
