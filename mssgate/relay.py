@@ -202,6 +202,7 @@ class SmtpRelay:
         self.tls_context = upstream_tls_context(config, route)
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
         self._closing: set[asyncio.Task[None]] = set()
+        self._last: tuple[Policy, dict[Route, Relay]] | None = None
 
     def _client(self) -> aiosmtplib.SMTP:
         config = self.config
@@ -685,9 +686,21 @@ class RelayRegistry:
         self._relays: dict[tuple[Route, RouteConfig, str], Relay] = {}
         self._current: dict[Route, tuple[Route, RouteConfig, str]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._last: tuple[Policy, dict[Route, Relay]] | None = None
 
     def relays_for(self, policy: Policy) -> dict[Route, Relay]:
-        """The relay of each route; raises ValueError when a route's secrets are missing."""
+        """The relay of each route; raises ValueError when a route's secrets are missing.
+
+        Asked on every message: the answer for the policy asked last is kept.
+        """
+        last = self._last
+        if last is not None and last[0] is policy:
+            return last[1]
+        result = self._relays_for(policy)
+        self._last = (policy, result)
+        return result
+
+    def _relays_for(self, policy: Policy) -> dict[Route, Relay]:
         hostname = policy.document.listen.hostname
         result: dict[Route, Relay] = {}
         for route, config in policy.route_configs().items():

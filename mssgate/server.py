@@ -208,6 +208,24 @@ class GatewaySMTP(SMTP):
         self._ahead: SendAhead | None = None
         self._transfer_done: asyncio.Future[None] | None = None
         self._held = 0
+        self._idle_deadline = 0.0
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timer, moved without a new timer per command: the one armed
+        fires at its time and re-arms itself if the deadline moved on meanwhile."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+        else:
+            self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _create_envelope(self) -> TransactionState:
         return TransactionState()
@@ -502,7 +520,7 @@ class GatewayHandler:
         upstream: str | None = None,
         size_in: int = 0,
         size_out: int = 0,
-        started: float | None = None,
+        duration: float = 0.0,
     ) -> None:
         """Report one answered decision to the observers (audit trail, metrics)."""
         code = int(reply[:3])
@@ -528,7 +546,7 @@ class GatewayHandler:
                 size_out=size_out,
                 message_id=decision.message_id if decision else None,
                 signature_added=decision.signature_added if decision else False,
-                duration=(time.monotonic() - started) if started is not None else 0.0,
+                duration=duration,
             )
         )
 
@@ -745,6 +763,35 @@ class GatewayHandler:
         started = time.monotonic()
         raw = envelope.original_content or b""
         reply, rule, decision, upstream, size_out = await self._data(server, session, envelope, raw)
+        # The observers (audit trail, metrics) hear of it once the client has its answer:
+        # the reply is written before the loop runs what is scheduled here.
+        asyncio.get_running_loop().call_soon(
+            self._report_data,
+            session,
+            envelope,
+            reply,
+            rule,
+            decision,
+            upstream,
+            len(raw),
+            size_out,
+            time.monotonic() - started,
+        )
+        return reply
+
+    def _report_data(
+        self,
+        session: Session,
+        envelope: TransactionState,
+        reply: str,
+        rule: str | None,
+        decision: Decision | None,
+        upstream: str | None,
+        size_in: int,
+        size_out: int,
+        duration: float,
+    ) -> None:
+        """The audit event of a message decided at DATA."""
         if decision is not None:
             recipients = tuple((c.address, c.kind.value) for c in decision.recipients)
         else:
@@ -762,11 +809,10 @@ class GatewayHandler:
             recipients=recipients,
             decision=decision,
             upstream=upstream,
-            size_in=len(raw),
+            size_in=size_in,
             size_out=size_out,
-            started=started,
+            duration=duration,
         )
-        return reply
 
     async def _data(
         self, server: SMTP, session: Session, envelope: TransactionState, raw: bytes
@@ -845,7 +891,9 @@ class GatewayHandler:
                 )
                 reply = self._reply(failure.code, failure.enhanced, failure.text, envelope)
                 return reply, "upstream", decision, failure.text, size_out
-            self.observers.relay(delivery.route.value, time.monotonic() - began, "ok")
+            asyncio.get_running_loop().call_soon(
+                self.observers.relay, delivery.route.value, time.monotonic() - began, "ok"
+            )
             details.append(outcome.detail)
             size_out += len(delivery.message)
         # Per-message success is the audit trail's job; the log keeps what needs attention.

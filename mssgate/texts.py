@@ -50,10 +50,12 @@ def smtp_reply(code: int, enhanced: str, text: str, *, utf8: bool = False) -> st
     Control characters are folded to spaces, the text is transliterated to ASCII unless
     ``utf8``, and the line is cut (on a character boundary) to fit 512 octets with its CRLF.
     """
+    prefix = f"{code} {enhanced} " if enhanced else f"{code} "
+    if text.isascii() and text.isprintable() and len(prefix) + len(text) <= MAX_REPLY_LINE - 2:
+        return prefix + text.strip()  # (the usual case: nothing to fold, cut or transliterate)
     clean = _CONTROL.sub(" ", text).strip()
     if not utf8:
         clean = to_ascii(clean)
-    prefix = f"{code} {enhanced} " if enhanced else f"{code} "
     budget = MAX_REPLY_LINE - 2 - len(prefix.encode("ascii"))
     encoded = clean.encode("utf-8")
     if len(encoded) > budget:
