@@ -73,6 +73,12 @@ def route_of(policy: Policy, address: str) -> Route:
     return Route.MSSANTE if in_trust_space(policy, policy.classify(address)) else Route.ORDINARY
 
 
+def relays_unchanged(policy: Policy, route: Route) -> bool:
+    """True when a message accepted for ``route`` goes there exactly as received: the MSSanté
+    route always (health data byte for byte), the ordinary one when no signature is added."""
+    return route is Route.MSSANTE or not policy.document.signature.enabled
+
+
 def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, bool, str]:
     """The ordinary-route bytes, with the preferred-address signature where it applies:
     (bytes, signature added, no line starts with a dot that did not already, note)."""

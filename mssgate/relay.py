@@ -518,10 +518,15 @@ class SmtpRelay:
         """After the upstream's 354: the message (from ``skip``, what was sent ahead), the
         final dot (one write), its reply."""
         protocol: Any = client.protocol
-        rest = delivery.message[skip:] if skip else delivery.message
+        if skip >= len(delivery.message):
+            # All of it went ahead (it ended at a line end): only the final dot is left.
+            pieces = [b".\r\n"]
+        else:
+            rest = delivery.message[skip:] if skip else delivery.message
+            pieces = dot_stuffed(rest, delivery.dot_free)
         async with protocol._command_lock:
             protocol._response_pending = True
-            write_all(protocol, dot_stuffed(rest, delivery.dot_free))
+            write_all(protocol, pieces)
             response = await next_response(protocol)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -564,10 +569,42 @@ class PreparedTransaction:
             at += len(piece)
         return True
 
+    def send_rest(self, message: bytes) -> bool:
+        """Write what is not upstream yet of ``message`` (CRLF line endings, no line starting
+        with a dot), when what was sent ahead is its beginning: the upstream then holds the
+        whole message but its final dot. True when written (False also when the connection
+        is gone: the delivery finds that out and opens another)."""
+        if not message.endswith(b"\r\n") or not self.starts(message):
+            return False
+        if self.sent_size < len(message):
+            try:
+                self.send_ahead(memoryview(message)[self.sent_size :])
+            except aiosmtplib.SMTPServerDisconnected:
+                return False
+        return True
+
 
 PREPARED_MAX_AGE = 20.0
 """Seconds a prepared transaction may wait for its message: past that, the upstream may have
 given up on it (its own timeout), and a fresh transaction is safer than a doubtful one."""
+
+
+OPEN_TURNS = 3
+"""Turns of the loop given to a prepared transaction whose upstream reply may be read but not
+yet handed to it (see :func:`opened`)."""
+
+
+async def opened(prepared: asyncio.Task[PreparedTransaction]) -> PreparedTransaction | None:
+    """The prepared transaction if the upstream has said 354 by now, else None (the delivery
+    will wait for it as usual). A reply already read by the loop reaches the task one or two
+    turns later: a few turns are given, never a wait on the upstream."""
+    for _ in range(OPEN_TURNS):
+        if prepared.done():
+            break
+        await asyncio.sleep(0)
+    if not prepared.done() or prepared.cancelled() or prepared.exception() is not None:
+        return None
+    return prepared.result()
 
 
 def discard(prepared: asyncio.Task[PreparedTransaction]) -> None:

@@ -36,6 +36,7 @@ from mssgate.decide import (
     check_sender,
     decide,
     recipients_by_route,
+    relays_unchanged,
     route_of,
 )
 from mssgate.dnscheck import DomainChecker
@@ -43,7 +44,7 @@ from mssgate.events import DecisionEvent, Observers
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
-from mssgate.relay import PreparedTransaction, Relay, RelayFailure, SmtpRelay, discard
+from mssgate.relay import PreparedTransaction, Relay, RelayFailure, SmtpRelay, discard, opened
 from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
 from mssgate.wire import DataReader, longest_header_line
@@ -92,9 +93,9 @@ class TransactionState(SmtpEnvelope):
         self.refused: list[str] = []
         self.tempfailed: list[str] = []
         self.dot_free = False
+        """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
         self.prepared: dict[Route, asyncio.Task[PreparedTransaction]] = {}
         """Upstream transactions opened while the message comes in (see ``prepare``)."""
-        """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -827,6 +828,8 @@ class GatewayHandler:
             return reply, "max_header_size", None, None, 0
         login = self._login(session)
         attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
+        if envelope.prepared:
+            await self._write_ahead(policy, envelope, raw)
         try:
             decision = self.decide_fn(policy, self._envelope(envelope, attempted, login), raw)
         except Exception:
@@ -906,6 +909,23 @@ class GatewayHandler:
         text = decision.reply + (" ; " + " ; ".join(details) if details else "")
         reply = self._reply(250, "2.0.0", text, envelope)
         return reply, None, decision, " ; ".join(details), size_out
+
+    @staticmethod
+    async def _write_ahead(policy: Policy, envelope: TransactionState, raw: bytes) -> None:
+        """Before deciding: the message goes to the opened upstream transactions of the routes
+        that take it byte for byte, so that the upstream reads it while the filter decides.
+        Nothing is final: the upstream gets the final dot only if the message is accepted
+        and relayed as exactly these bytes (:meth:`SmtpRelay.deliver`), else the connection
+        is dropped and the upstream forgets it."""
+        if not envelope.dot_free:
+            return  # (lines to dot-stuff on the way out, or bare line endings made CRLF)
+        for route, task in envelope.prepared.items():
+            if not relays_unchanged(policy, route):
+                continue
+            ready = await opened(task)
+            if ready is None:
+                continue
+            ready.send_rest(raw)
 
     def prepare(self, envelope: TransactionState) -> None:
         """Open the upstream transactions this message will need if accepted (the routes

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from mssgate.cli import main
-from mssgate.decide import decide
+from mssgate.decide import decide, relays_unchanged
 from mssgate.mime import parse_message
 from mssgate.model import Action, Envelope, Route
 from mssgate.policy import Policy
-from tests.conftest import Stack, corpus_files
+from tests.conftest import Stack, corpus_files, make_policy
 from tests.mime_samples import assert_byte_identity
 from tests.smtp_peers import send
 
@@ -96,3 +96,23 @@ async def test_corpus_over_the_wire(stack: Stack, path: Path) -> None:
     if expected.signature_added:
         assert b"X-MSSGate-Signature: added" in got.data
         assert_byte_identity(raw, got.data)
+
+
+UNSIGNED = "signature:\n  enabled: false\n"
+
+
+@pytest.mark.parametrize("path", FILES, ids=IDS)
+@pytest.mark.parametrize("signature", [True, False], ids=["signing", "no-signature"])
+def test_routes_said_unchanged_relay_the_bytes_received(path: Path, signature: bool) -> None:
+    """The listener writes a message upstream before the decision on the routes
+    ``relays_unchanged`` names: on those, an accepted message is relayed exactly as received
+    (and the ordinary route with signatures on is not one of them)."""
+    policy = make_policy(extra="" if signature else UNSIGNED)
+    raw = _as_sent(path)
+    assert relays_unchanged(policy, Route.MSSANTE)
+    assert relays_unchanged(policy, Route.ORDINARY) is not signature
+    for sender, rcpt in ((BAL, CONFRERE), (DR, GMAIL)):
+        decision = decide(policy, Envelope(sender, (rcpt,)), raw)
+        for delivery in decision.deliveries:
+            if relays_unchanged(policy, delivery.route):
+                assert delivery.message == raw

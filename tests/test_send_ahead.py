@@ -9,16 +9,18 @@ import asyncio
 import base64
 import random
 import smtplib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from mssgate import ahead, relay
 from mssgate.decide import decide
-from mssgate.model import Action, Decision, Envelope
+from mssgate.model import Action, Decision, Envelope, Verdict
 from mssgate.policy import Policy
-from tests.conftest import Stack, running_stack
+from tests.conftest import Stack, corpus_files, running_stack
 from tests.smtp_peers import LOOPBACK, send
 
 DR = "dr.martin@cabinet-gare.fr"
@@ -218,3 +220,114 @@ async def test_nothing_goes_ahead_under_load(monkeypatch: pytest.MonkeyPatch) ->
         assert [r.code for r in results] == [250, 250, 250]
         assert [r.data for r in stack.mssante.received] == [raw] * 3
         assert stack.mssante.received[0].rcpt_tos == [CONFRERE, COPY]
+
+
+# -- the whole message written ahead of the decision, on a byte-for-byte route ------------------
+
+
+def _crlf(raw: bytes) -> bytes:
+    """A corpus file as it travels: every line ending CRLF, the last one too."""
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return raw if raw.endswith(b"\r\n") else raw + b"\r\n"
+
+
+def _stuffed(message: bytes) -> bytes:
+    """The DATA payload of a CRLF message (leading dots doubled, final dot)."""
+    return (b"\r\n" + message).replace(b"\r\n.", b"\r\n..")[2:] + b".\r\n"
+
+
+def _send_paced(port: int, sender: str, rcpt: str, payload: bytes, pause: float) -> int:
+    """DATA, then ``pause`` seconds before the payload (the upstream has said 354 by then)."""
+    with smtplib.SMTP(LOOPBACK, port, timeout=20) as client:
+        client.ehlo()
+        client.mail(sender)
+        client.rcpt(rcpt)
+        code, _ = client.docmd("DATA")
+        assert code == 354
+        time.sleep(pause)
+        client.send(payload)
+        code, _ = client.getreply()
+        return code
+
+
+CORPUS_SAMPLE = [p for p in corpus_files() if p.stat().st_size < 100_000]
+
+
+@pytest.mark.parametrize("path", CORPUS_SAMPLE, ids=[p.stem for p in CORPUS_SAMPLE])
+async def test_mssante_message_goes_upstream_before_the_decision(
+    bstack: Stack, sent_ahead: list[int], path: Path
+) -> None:
+    """A real-world message on the MSSanté route is written whole to the opened upstream
+    transaction before the filter decides. Accepted: only the final dot is left to send, and
+    the upstream holds the message byte for byte, once. Refused (its own To/Cc name ordinary
+    addresses): the upstream never gets the final dot and keeps nothing."""
+    raw = _crlf(path.read_bytes())
+    decision = decide(bstack.policy, Envelope(BAL, (CONFRERE,)), raw)
+    async with asyncio.timeout(30):
+        code = await asyncio.to_thread(_send_paced, bstack.port, BAL, CONFRERE, _stuffed(raw), 0.05)
+    assert code == decision.smtp_code
+    if decision.action is Action.ACCEPT:
+        (received,) = bstack.mssante.received
+        assert received.data == raw
+    else:
+        await asyncio.sleep(0.05)
+        assert bstack.delivered() == 0
+    dot_free = not raw.startswith(b".") and b"\r\n." not in raw
+    # Lines starting with a dot would need stuffing again on the way out: those go the
+    # usual way, after the decision.
+    assert sent_ahead == ([len(raw)] if dot_free else [])
+
+
+async def test_refused_after_going_ahead_reaches_no_one(sent_ahead: list[int]) -> None:
+    """The message was upstream before the filter refused it: the upstream never gets the
+    final dot, keeps nothing, and the next message goes through on a fresh connection."""
+    refuse_once = [True]
+
+    def refusing(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+        if refuse_once.pop() if refuse_once else False:
+            verdict = Verdict("test_rule", 550, "5.7.1", "refusé après coup")
+            return Decision.refuse(verdict)
+        return decide(policy, envelope, raw)
+
+    raw = b"From: " + BAL.encode() + b"\r\nTo: " + CONFRERE.encode() + b"\r\n\r\nCR joint.\r\n"
+    async with running_stack(decide_fn=refusing, pipelining=True) as stack:
+        async with asyncio.timeout(30):
+            first = await asyncio.to_thread(
+                _send_paced, stack.port, BAL, CONFRERE, _stuffed(raw), 0.2
+            )
+        assert first == 550
+        assert sent_ahead  # it had gone upstream
+        await asyncio.sleep(0.2)
+        assert stack.delivered() == 0
+        async with asyncio.timeout(30):
+            second = await asyncio.to_thread(
+                _send_paced, stack.port, BAL, CONFRERE, _stuffed(raw), 0.2
+            )
+        assert second == 250
+        assert [r.data for r in stack.mssante.received] == [raw]
+
+
+async def test_final_dot_alone_after_the_whole_message_went_ahead(
+    bstack: Stack, sent_ahead: list[int]
+) -> None:
+    """Every line of a big signed message went ahead while it came in; the client's final
+    dot comes alone, later: only the dot is left to send, and nothing is added."""
+    raw = big_message(DR, GMAIL)
+
+    def paced() -> int:
+        with smtplib.SMTP(LOOPBACK, bstack.port, timeout=20) as client:
+            client.ehlo()
+            client.mail(DR)
+            client.rcpt(GMAIL)
+            assert client.docmd("DATA")[0] == 354
+            client.send(raw)
+            time.sleep(0.3)
+            client.send(b".\r\n")
+            return client.getreply()[0]
+
+    async with asyncio.timeout(30):
+        code = await asyncio.to_thread(paced)
+    assert code == 250
+    assert sum(sent_ahead) > len(raw) // 2
+    (received,) = bstack.ordinary.received
+    assert received.data == decided(bstack, DR, [GMAIL], raw)
