@@ -1056,7 +1056,7 @@ class _Edits:
         result = b"".join(out)
         # A line starts with a dot only inside an edit or where the edit joins the original.
         dot_safe = not result.startswith(b".") and not any(
-            b"\r\n." in result[max(0, at - 2) : at + length + 1] for at, length in inserted
+            result.find(b"\r\n.", max(0, at - 2), at + length + 1) >= 0 for at, length in inserted
         )
         return result, dot_safe
 
@@ -1273,6 +1273,16 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
 _BODY_CLOSE_RE = re.compile(rb"</body\s*>", re.IGNORECASE)
 
 
+def _last_body_close(html: bytes) -> int:
+    """Where the last ``</body>`` tag (any case, blanks before ``>``) starts, or -1."""
+    lowered = html.lower()
+    at = lowered.rfind(b"</body")
+    if at >= 0 and _BODY_CLOSE_RE.match(html, at):
+        return at
+    closes = [m.start() for m in _BODY_CLOSE_RE.finditer(html)]  # (a "</bodyx" was last)
+    return closes[-1] if closes else -1
+
+
 def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) -> None:
     tb = _text_body(msg, part)
     cte, decoded, codec, le = tb.cte, tb.decoded, tb.codec, tb.le
@@ -1281,9 +1291,8 @@ def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) 
     frag = fragment.replace("\r\n", "\n").replace("\r", "\n").replace("\n", le.decode())
     enc_codec = "ascii" if cte == "7bit" else codec
     frag_bytes = frag.encode(enc_codec, "xmlcharrefreplace")
-    closes = [m.start() for m in _BODY_CLOSE_RE.finditer(decoded)]
-    if closes:
-        pos = closes[-1]
+    pos = _last_body_close(decoded)
+    if pos >= 0:
         new_decoded = decoded[:pos] + frag_bytes + decoded[pos:]
     else:
         sep = b"" if not decoded or decoded.endswith(b"\n") else le

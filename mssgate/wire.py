@@ -15,8 +15,10 @@ _END = b"\r\n.\r\n"
 _LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")
-_LONELY_DOTS = 32
-"""Dots not at a line start after which a chunk is searched for CRLF "." instead (prose)."""
+_LF_EVENT = re.compile(rb"\n(?:(?<!\r\n)|(?=\.))")
+"""The next LF that is bare or that begins a line starting with a dot: one pass finds both
+(``re`` scans for the LF itself at memory speed, then looks around it)."""
+_DOT_LINE_RE = re.compile(rb"\r\n\.")
 
 
 def normalize_line_endings(content: bytes) -> bytes:
@@ -70,6 +72,7 @@ class DataReader:
         self._stuffed = False
         self._bare = False  # a CR or LF that is not part of a CRLF
         self._cr_at_end = False  # the last chunk ended with a CR: a bare one unless LF follows
+        self._lf_checked = 0  # chunk offset up to which the search already looked for bare LF
 
     def refuse(self, reason: str) -> None:
         """Stop keeping the message (e.g. the memory budget is spent); read on to the end."""
@@ -82,6 +85,7 @@ class DataReader:
         if self.done or not chunk:
             return self.done
         tail = self._tail
+        self._lf_checked = 0
         # Client offset (from the chunk's start) of the CRLF that begins CRLF "." CRLF, or None.
         end, waiting = self._search_joint(tail, chunk)
         resume = 0
@@ -126,28 +130,36 @@ class DataReader:
             scan = hit + 1
 
     def _search_chunk(self, chunk: bytes, scan: int) -> tuple[int | None, int]:
-        """Matches that start inside ``chunk`` from ``scan``: hop from dot to dot while dots
-        are rare, then let ``find`` look for whole CRLF "." sequences."""
-        lonely = 0
+        """Matches that start inside ``chunk`` from ``scan``.
+
+        While neither a stuffed line nor a bare line ending has been seen (nearly always),
+        one pass looks for both the lines starting with a dot and the bare LFs; then only for
+        the lines starting with a dot; once one was stuffed, only for the end of data.
+        """
         size = len(chunk)
         while True:
             if self._stuffed:
                 # Stuffed lines are known to be there: only the end of data matters now.
                 hit = chunk.find(_END, scan)
                 return (hit, 0) if hit >= 0 else (None, max(scan, size - 4))
-            if lonely < _LONELY_DOTS:
-                dot = chunk.find(b".", scan + 2)
-                if dot < 0:
+            if self._bare:
+                found = _DOT_LINE_RE.search(chunk, scan)
+                if found is None:
                     return None, max(scan, size - 2)
-                hit = dot - 2
-                if chunk[hit:dot] != b"\r\n":
-                    lonely += 1
-                    scan = hit + 1
-                    continue
+                hit = found.start()
             else:
-                hit = chunk.find(_DOT_LINE, scan)
-                if hit < 0:
+                # (An LF at the chunk's start belongs to the joint: _check_line_endings.)
+                found = _LF_EVENT.search(chunk, max(scan + 1, 1))
+                if found is None:
+                    self._lf_checked = size
                     return None, max(scan, size - 2)
+                lf = found.start()
+                self._lf_checked = lf
+                if chunk[lf - 1] != 0x0D:
+                    self._bare = True  # a bare LF (the dots are looked for from here on)
+                    scan = lf
+                    continue
+                hit = lf - 1
             if hit + 5 > size:
                 return None, hit
             if chunk.startswith(_END, hit):
@@ -156,20 +168,18 @@ class DataReader:
             scan = hit + 3
 
     def _check_line_endings(self, chunk: bytes, stop: int, tail: bytes) -> None:
-        """Look for a bare CR or LF in ``chunk[:stop]`` (once one is seen, no more looking)."""
+        """Look for a bare CR or LF in ``chunk[:stop]`` (once one is seen, no more looking);
+        the LFs the search already looked at are not looked at again."""
         if self._bare or stop <= 0:
             return
         if self._cr_at_end and chunk[0] != 0x0A:
             self._bare = True
             return
-        start = 0
-        if chunk[0] == 0x0A:  # an LF is bare unless the byte before it, maybe in tail, is CR
-            if tail[-1:] != b"\r":
-                self._bare = True
-                return
-            start = 1
-        found = _BARE_LF.search(chunk, start, stop)
-        if found is not None:
+        if chunk[0] == 0x0A and tail[-1:] != b"\r":
+            self._bare = True  # an LF is bare unless the byte before it, maybe in tail, is CR
+            return
+        start = max(self._lf_checked, 1)
+        if start < stop and _BARE_LF.search(chunk, start, stop) is not None:
             self._bare = True
             return
         found = _BARE_CR.search(chunk, 0, stop)
