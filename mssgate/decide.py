@@ -2,13 +2,15 @@
 
 Pure: the same policy, envelope and bytes always give the same decision. The server calls
 :func:`check_sender` at MAIL FROM, :func:`check_recipient` at each RCPT TO (so that a mail
-client shows the refusal at once) and :func:`decide` once the message is in.
+client shows the refusal at once) and, once the message is in, :func:`decide`, in its two
+steps: :func:`draft` (read the message, prepare what each route would be given) and
+:func:`judge` (the message rules), between which the listener may already write upstream.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from mssgate.mime import add_signature, parse_message
 from mssgate.model import Action, Classification, Decision, Delivery, Envelope, Route, Verdict
@@ -123,15 +125,25 @@ def recipients_by_route(
     return tuple(plan)
 
 
-def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
-    """Accept (with the deliveries to make), or refuse, one message."""
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message read and its deliveries prepared, before the message rules ran: what each
+    route would be given if the message is accepted (see :func:`judge`)."""
+
+    tx: Transaction
+    message_id: str | None
+    deliveries: tuple[Delivery, ...]
+    notes: tuple[str, ...]
+
+
+def draft(policy: Policy, envelope: Envelope, raw: bytes) -> Draft:
+    """Read a message and prepare its deliveries (routes, signature), deciding nothing yet.
+
+    The listener may write the deliveries' bytes upstream while :func:`judge` runs: nothing
+    is final before the decision, and the upstream gets no final dot without it.
+    """
     message = parse_message(raw)
     tx = build_transaction(policy, envelope, message)
-    message_id = message.header("message-id")
-    verdict = _first_verdict(MESSAGE_RULES, policy, tx)
-    if verdict is not None:
-        return Decision.refuse(verdict, recipients=tx.recipients, message_id=message_id)
-
     planned = dict(recipients_by_route(policy, envelope, tx.recipients))
     inside = planned.get(Route.MSSANTE, ())
     outside = planned.get(Route.ORDINARY, ())
@@ -151,14 +163,28 @@ def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
                 dot_free=envelope.dot_free and dot_safe,
             )
         )
-    routes = " + ".join(d.route.value for d in deliveries)
+    return Draft(tx, message.header("message-id"), tuple(deliveries), tuple(notes))
+
+
+def judge(policy: Policy, drafted: Draft) -> Decision:
+    """Run the message rules: refuse, or accept with the drafted deliveries."""
+    tx = drafted.tx
+    verdict = _first_verdict(MESSAGE_RULES, policy, tx)
+    if verdict is not None:
+        return Decision.refuse(verdict, recipients=tx.recipients, message_id=drafted.message_id)
+    routes = " + ".join(d.route.value for d in drafted.deliveries)
     return Decision(
         action=Action.ACCEPT,
         smtp_code=250,
         enhanced_code="2.0.0",
         reply=render(policy.document.messages.accepted, route=routes),
-        deliveries=tuple(deliveries),
-        notes=tuple(notes),
+        deliveries=drafted.deliveries,
+        notes=drafted.notes,
         recipients=tx.recipients,
-        message_id=message_id,
+        message_id=drafted.message_id,
     )
+
+
+def decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+    """Accept (with the deliveries to make), or refuse, one message."""
+    return judge(policy, draft(policy, envelope, raw))

@@ -32,9 +32,11 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from mssgate.ahead import SendAhead
 from mssgate.auth import AuthThrottle, verify_password
 from mssgate.decide import (
+    Draft,
     check_recipient,
     check_sender,
-    decide,
+    draft,
+    judge,
     recipients_by_route,
     relays_unchanged,
     route_of,
@@ -51,7 +53,10 @@ from mssgate.wire import DataReader, longest_header_line
 
 log = logging.getLogger("mssgate.server")
 
-DecideFn = Callable[[Policy, Envelope, bytes], Decision]
+DraftFn = Callable[[Policy, Envelope, bytes], Draft]
+"""Reads a message and prepares its deliveries (:func:`mssgate.decide.draft`)."""
+JudgeFn = Callable[[Policy, Draft], Decision]
+"""Decides on a drafted message (:func:`mssgate.decide.judge`)."""
 RelaySource = Mapping[Route, Relay] | Callable[[Policy], Mapping[Route, Relay]]
 """Fixed relays, or the relays of a given policy (they follow reloads)."""
 DomainCheckFn = Callable[[str], Awaitable[str]]
@@ -481,7 +486,8 @@ class GatewayHandler:
         self,
         current_policy: Callable[[], Policy],
         relays: RelaySource,
-        decide_fn: DecideFn = decide,
+        draft_fn: DraftFn = draft,
+        judge_fn: JudgeFn = judge,
         *,
         domain_check: DomainCheckFn | None = None,
         throttle: AuthThrottle | None = None,
@@ -490,7 +496,8 @@ class GatewayHandler:
     ) -> None:
         self.current_policy = current_policy
         self.relays = relays
-        self.decide_fn = decide_fn
+        self.draft_fn = draft_fn
+        self.judge_fn = judge_fn
         self.domain_check = domain_check
         self.observers = observers or Observers()
         self.throttle = throttle or AuthThrottle()
@@ -831,7 +838,10 @@ class GatewayHandler:
         if envelope.prepared:
             await self._write_ahead(policy, envelope, raw)
         try:
-            decision = self.decide_fn(policy, self._envelope(envelope, attempted, login), raw)
+            drafted = self.draft_fn(policy, self._envelope(envelope, attempted, login), raw)
+            if envelope.prepared:
+                self._write_drafted(envelope, drafted)
+            decision = self.judge_fn(policy, drafted)
         except Exception:
             log.exception("%s filter failed; message not relayed (451)", session.peer)
             return (
@@ -912,20 +922,30 @@ class GatewayHandler:
 
     @staticmethod
     async def _write_ahead(policy: Policy, envelope: TransactionState, raw: bytes) -> None:
-        """Before deciding: the message goes to the opened upstream transactions of the routes
-        that take it byte for byte, so that the upstream reads it while the filter decides.
-        Nothing is final: the upstream gets the final dot only if the message is accepted
-        and relayed as exactly these bytes (:meth:`SmtpRelay.deliver`), else the connection
-        is dropped and the upstream forgets it."""
-        if not envelope.dot_free:
-            return  # (lines to dot-stuff on the way out, or bare line endings made CRLF)
+        """Before deciding: the upstream transactions opened while the message came in are
+        given the few loop turns that bring in a 354 already received (:func:`opened`); the
+        routes that take the message byte for byte get it at once, so that the upstream reads
+        it while the filter decides. Nothing is final: the upstream gets the final dot only if
+        the message is accepted and relayed as exactly these bytes
+        (:meth:`SmtpRelay.deliver`), else the connection is dropped and the upstream forgets
+        it."""
         for route, task in envelope.prepared.items():
-            if not relays_unchanged(policy, route):
-                continue
             ready = await opened(task)
-            if ready is None:
+            # (Lines to dot-stuff on the way out, or bare line endings made CRLF: not ahead.)
+            if ready is not None and envelope.dot_free and relays_unchanged(policy, route):
+                ready.send_rest(raw)
+
+    @staticmethod
+    def _write_drafted(envelope: TransactionState, drafted: Draft) -> None:
+        """After the draft, before the rules: each delivery's bytes go to its route's opened
+        upstream transaction (the signed message on the ordinary route), so that the upstream
+        reads them while the rules run; not final either (see :meth:`_write_ahead`)."""
+        for delivery in drafted.deliveries:
+            task = envelope.prepared.get(delivery.route)
+            if task is None or not delivery.dot_free or not task.done():
                 continue
-            ready.send_rest(raw)
+            if not task.cancelled() and task.exception() is None:
+                task.result().send_rest(delivery.message)
 
     def prepare(self, envelope: TransactionState) -> None:
         """Open the upstream transactions this message will need if accepted (the routes
@@ -953,9 +973,8 @@ class GatewayHandler:
         (None: nothing); see :mod:`mssgate.ahead`."""
         policy = envelope.policy or self.current_policy()
         attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
-        decision = self.decide_fn(
-            policy, self._envelope(envelope, attempted, self._login(session)), beginning
-        )
+        envelope_now = self._envelope(envelope, attempted, self._login(session))
+        decision = self.judge_fn(policy, self.draft_fn(policy, envelope_now, beginning))
         if decision.action is not Action.ACCEPT:
             return None
         return next((d.message for d in decision.deliveries if d.route is route), None)
@@ -999,7 +1018,8 @@ class Gateway:
         *,
         host: str | None = None,
         port: int | None = None,
-        decide_fn: DecideFn = decide,
+        draft_fn: DraftFn = draft,
+        judge_fn: JudgeFn = judge,
         domain_check: DomainCheckFn | None = None,
         pseudonym_key: bytes | None = None,
         observers: Observers | None = None,
@@ -1015,7 +1035,8 @@ class Gateway:
         self.handler = GatewayHandler(
             current_policy,
             relays,
-            decide_fn,
+            draft_fn,
+            judge_fn,
             domain_check=domain_check,
             throttle=AuthThrottle(
                 free_attempts=failures.free_attempts,

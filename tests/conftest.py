@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from mssgate.config import load_policy_text
-from mssgate.decide import decide
+from mssgate.decide import draft, judge
 from mssgate.policy import Policy
 from mssgate.relay import build_relays
-from mssgate.server import DecideFn, Gateway
-from tests.smtp_peers import LOOPBACK, CaptureUpstream
+from mssgate.server import DraftFn, Gateway, JudgeFn
+from tests.smtp_peers import LOOPBACK, CaptureUpstream, Received
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -123,11 +123,16 @@ class Stack:
         """How many messages the upstreams accepted in all."""
         return len(self.mssante.received) + len(self.ordinary.received)
 
+    def delivered_messages(self) -> list[Received]:
+        """What the upstreams accepted, the MSSanté one's first."""
+        return [*self.mssante.received, *self.ordinary.received]
+
 
 @asynccontextmanager
 async def running_stack(
     extra: str = "",
-    decide_fn: DecideFn = decide,
+    draft_fn: DraftFn = draft,
+    judge_fn: JudgeFn = judge,
     ordinary_port: int | None = None,
     timeout: float = 5,
     listen_extra: str = "",
@@ -145,7 +150,14 @@ async def running_stack(
             mssante.port, ordinary_port or ordinary.port, extra, timeout, listen_extra
         )
         relays = build_relays(policy.route_configs(), "mssgate.test", {})
-        gateway = Gateway(lambda: policy, relays, host=LOOPBACK, port=0, decide_fn=decide_fn)
+        gateway = Gateway(
+            lambda: policy,
+            relays,
+            host=LOOPBACK,
+            port=0,
+            draft_fn=draft_fn,
+            judge_fn=judge_fn,
+        )
         async with gateway:
             yield Stack(gateway, mssante, ordinary, policy)
 

@@ -28,12 +28,12 @@ import pytest
 
 from mssgate import server
 from mssgate.config import load_policy
-from mssgate.decide import decide
+from mssgate.decide import Draft, draft, judge
 from mssgate.holder import PolicyHolder
-from mssgate.model import Decision, Envelope, Route
+from mssgate.model import Envelope, Route
 from mssgate.policy import Policy
 from mssgate.relay import PreparedTransaction, RelayRegistry
-from mssgate.server import DecideFn, Gateway
+from mssgate.server import DraftFn, Gateway, JudgeFn
 from tests.conftest import make_policy, policy_yaml
 from tests.faulty_upstream import Faults, FaultyUpstream, Stage
 from tests.messages import message
@@ -329,7 +329,8 @@ async def fault_stack(
     ordinary_down: bool = False,
     timeout: float = 1.0,
     extra: str = "",
-    decide_fn: DecideFn = decide,
+    draft_fn: DraftFn = draft,
+    judge_fn: JudgeFn = judge,
     policy_file: Path | None = None,
 ) -> AsyncIterator[FaultStack]:
     """Two faulty upstreams and a gateway routing to them, all on 127.0.0.1.
@@ -357,7 +358,14 @@ async def fault_stack(
             return policy
 
         current = holder if holder is not None else fixed
-        gateway = Gateway(current, registry.relays_for, host=LOOPBACK, port=0, decide_fn=decide_fn)
+        gateway = Gateway(
+            current,
+            registry.relays_for,
+            host=LOOPBACK,
+            port=0,
+            draft_fn=draft_fn,
+            judge_fn=judge_fn,
+        )
         async with gateway:
             yield FaultStack(
                 gateway,
@@ -676,12 +684,12 @@ async def test_filter_raising_on_crafted_messages(ledger: Ledger, case: str) -> 
     """A filter that raises on crafted messages: those get 451 4.3.0 and go nowhere; the good
     ones, sent concurrently, are delivered once."""
 
-    def fragile_decide(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+    def fragile_draft(policy: Policy, envelope: Envelope, raw: bytes) -> Draft:
         if f"\r\n{CRASH_HEADER}\r\n".encode() in raw:
             raise RuntimeError("filter crashed on a crafted message")
-        return decide(policy, envelope, raw)
+        return draft(policy, envelope, raw)
 
-    async with fault_stack(ledger, case, decide_fn=fragile_decide) as stack:
+    async with fault_stack(ledger, case, draft_fn=fragile_draft) as stack:
 
         async def one(i: int) -> tuple[bool, SendResult]:
             crafted = i % 2 == 0

@@ -7,11 +7,10 @@ import email
 import email.policy
 import smtplib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from mssgate.model import Decision, Envelope
-from mssgate.policy import Policy
 from tests.conftest import Stack, running_stack
 from tests.messages import forwarded_attachment, inline_forward, message
 from tests.smtp_peers import LOOPBACK, free_port, send
@@ -194,11 +193,16 @@ async def test_upstream_dropping_mid_data_is_4xx(stack: Stack) -> None:
     assert stack.delivered() == 0
 
 
-async def test_filter_raising_is_451_and_nothing_relayed() -> None:
-    def exploding(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+@pytest.mark.parametrize("step", ["draft", "judge"])
+async def test_filter_raising_is_451_and_nothing_relayed(step: str) -> None:
+    """Whichever step of the filter fails (after the drafted message went upstream, for the
+    rules), the client gets a 451 and nothing is delivered."""
+
+    def exploding(*args: object) -> Any:
         raise RuntimeError("boom")
 
-    async with running_stack(decide_fn=exploding) as stack:
+    steps: dict[str, Any] = {f"{step}_fn": exploding}
+    async with running_stack(pipelining=True, **steps) as stack:
         result = await send(stack.port, DR, [GMAIL], message(DR, GMAIL))
         assert result.code == 451
         assert stack.delivered() == 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mssgate import ahead, relay
-from mssgate.decide import decide
+from mssgate.decide import Draft, decide, draft, judge
 from mssgate.model import Action, Decision, Envelope, Verdict
 from mssgate.policy import Policy
 from tests.conftest import Stack, corpus_files, running_stack
@@ -127,15 +127,15 @@ async def test_rewrite_not_predicted_goes_the_usual_way(sent_ahead: list[int]) -
     filter whose answer changes with the end): what went ahead is dropped with its
     connection, and the message decided is delivered, once."""
 
-    def late_change(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
-        decision = decide(policy, envelope, raw)
-        if not raw.endswith(b"--b1--\r\n"):
+    def late_change(policy: Policy, drafted: Draft) -> Decision:
+        decision = judge(policy, drafted)
+        if not drafted.deliveries[0].message.endswith(b"--b1--\r\n"):
             return decision  # a beginning: the usual answer
         (delivery,) = decision.deliveries
         changed = replace(delivery, message=b"X-Late: 1\r\n" + delivery.message)
         return replace(decision, deliveries=(changed,))
 
-    async with running_stack(decide_fn=late_change, pipelining=True) as stack:
+    async with running_stack(judge_fn=late_change, pipelining=True) as stack:
         raw = big_message(DR, GMAIL)
         result = await send(stack.port, DR, [GMAIL], raw)
         assert result.code == 250, result.text
@@ -144,7 +144,9 @@ async def test_rewrite_not_predicted_goes_the_usual_way(sent_ahead: list[int]) -
         assert received.data.startswith(b"X-Late: 1\r\n")
         assert (
             received.data
-            == late_change(stack.policy, Envelope(DR, (GMAIL,)), raw).deliveries[0].message
+            == late_change(stack.policy, draft(stack.policy, Envelope(DR, (GMAIL,)), raw))
+            .deliveries[0]
+            .message
         )
 
 
@@ -254,28 +256,33 @@ CORPUS_SAMPLE = [p for p in corpus_files() if p.stat().st_size < 100_000]
 
 
 @pytest.mark.parametrize("path", CORPUS_SAMPLE, ids=[p.stem for p in CORPUS_SAMPLE])
-async def test_mssante_message_goes_upstream_before_the_decision(
-    bstack: Stack, sent_ahead: list[int], path: Path
+@pytest.mark.parametrize("route", ["mssante", "ordinary"])
+async def test_message_goes_upstream_before_the_decision(
+    bstack: Stack, sent_ahead: list[int], path: Path, route: str
 ) -> None:
-    """A real-world message on the MSSanté route is written whole to the opened upstream
-    transaction before the filter decides. Accepted: only the final dot is left to send, and
-    the upstream holds the message byte for byte, once. Refused (its own To/Cc name ordinary
-    addresses): the upstream never gets the final dot and keeps nothing."""
+    """A real-world message is written to the opened upstream transaction before the rules
+    run: on the MSSanté route as received, before anything else; on the ordinary route as
+    drafted (signed). Accepted: only the final dot is left to send, and the upstream holds
+    the message decided, once. Refused (e.g. its own To/Cc name addresses of the other
+    space): the upstream never gets the final dot and keeps nothing."""
+    sender, rcpt = (BAL, CONFRERE) if route == "mssante" else (DR, GMAIL)
     raw = _crlf(path.read_bytes())
-    decision = decide(bstack.policy, Envelope(BAL, (CONFRERE,)), raw)
+    dot_free = not raw.startswith(b".") and b"\r\n." not in raw
+    drafted = draft(bstack.policy, Envelope(sender, (rcpt,), dot_free=dot_free), raw)
+    decision = judge(bstack.policy, drafted)
     async with asyncio.timeout(30):
-        code = await asyncio.to_thread(_send_paced, bstack.port, BAL, CONFRERE, _stuffed(raw), 0.05)
+        code = await asyncio.to_thread(_send_paced, bstack.port, sender, rcpt, _stuffed(raw), 0.05)
     assert code == decision.smtp_code
     if decision.action is Action.ACCEPT:
-        (received,) = bstack.mssante.received
-        assert received.data == raw
+        (received,) = bstack.delivered_messages()
+        assert received.data == decision.deliveries[0].message
     else:
         await asyncio.sleep(0.05)
         assert bstack.delivered() == 0
-    dot_free = not raw.startswith(b".") and b"\r\n." not in raw
     # Lines starting with a dot would need stuffing again on the way out: those go the
     # usual way, after the decision.
-    assert sent_ahead == ([len(raw)] if dot_free else [])
+    (delivery,) = drafted.deliveries
+    assert sent_ahead == ([len(delivery.message)] if delivery.dot_free else [])
 
 
 async def test_refused_after_going_ahead_reaches_no_one(sent_ahead: list[int]) -> None:
@@ -283,14 +290,14 @@ async def test_refused_after_going_ahead_reaches_no_one(sent_ahead: list[int]) -
     final dot, keeps nothing, and the next message goes through on a fresh connection."""
     refuse_once = [True]
 
-    def refusing(policy: Policy, envelope: Envelope, raw: bytes) -> Decision:
+    def refusing(policy: Policy, drafted: Draft) -> Decision:
         if refuse_once.pop() if refuse_once else False:
             verdict = Verdict("test_rule", 550, "5.7.1", "refusé après coup")
             return Decision.refuse(verdict)
-        return decide(policy, envelope, raw)
+        return judge(policy, drafted)
 
     raw = b"From: " + BAL.encode() + b"\r\nTo: " + CONFRERE.encode() + b"\r\n\r\nCR joint.\r\n"
-    async with running_stack(decide_fn=refusing, pipelining=True) as stack:
+    async with running_stack(judge_fn=refusing, pipelining=True) as stack:
         async with asyncio.timeout(30):
             first = await asyncio.to_thread(
                 _send_paced, stack.port, BAL, CONFRERE, _stuffed(raw), 0.2
