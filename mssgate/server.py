@@ -24,6 +24,7 @@ import time
 import uuid
 from base64 import b64decode
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
@@ -49,7 +50,7 @@ from mssgate.privacy import pseudonymise
 from mssgate.relay import PreparedTransaction, Relay, RelayFailure, SmtpRelay, discard, opened
 from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
-from mssgate.wire import DataReader, longest_header_line
+from mssgate.wire import DataReader, has_bare_cr, longest_header_line, normalize_line_endings
 
 log = logging.getLogger("mssgate.server")
 
@@ -410,7 +411,8 @@ class GatewaySMTP(SMTP):
         if self.budget.full():
             await self.push(smtp_reply(452, "4.3.1", messages.busy))
             return
-        reader = DataReader(self.data_size_limit or 0)
+        # Bare CRs are looked for after the message went ahead (GatewayHandler._data).
+        reader = DataReader(self.data_size_limit or 0, check_cr=False)
         transaction = self.envelope
         try:
             done = self._start_transfer(reader)
@@ -838,9 +840,17 @@ class GatewayHandler:
         if envelope.prepared:
             await self._write_ahead(policy, envelope, raw)
         try:
-            drafted = self.draft_fn(policy, self._envelope(envelope, attempted, login), raw)
+            current = self._envelope(envelope, attempted, login)
+            drafted = self.draft_fn(policy, current, raw)
             if envelope.prepared:
                 self._write_drafted(envelope, drafted)
+            if has_bare_cr(raw):
+                # (Looked for only now, while the upstream reads what went ahead.) The message
+                # is read again as it will be relayed, every line ending CRLF: what went
+                # ahead no longer matches and is dropped at delivery, without its final dot.
+                raw = normalize_line_endings(raw)
+                envelope.dot_free = False
+                drafted = self.draft_fn(policy, replace(current, dot_free=False), raw)
             decision = self.judge_fn(policy, drafted)
         except Exception:
             log.exception("%s filter failed; message not relayed (451)", session.peer)

@@ -30,6 +30,11 @@ def normalize_line_endings(content: bytes) -> bytes:
     return _LINE_ENDINGS.sub(b"\r\n", content)
 
 
+def has_bare_cr(content: bytes) -> bool:
+    """True when a CR of ``content`` is not followed by an LF."""
+    return _BARE_CR.search(content) is not None
+
+
 def longest_header_line(content: bytes) -> int:
     """The longest line of the header block (the whole message if it has no blank line).
 
@@ -57,8 +62,13 @@ class DataReader:
     final dot (RFC 5321 4.2.5).
     """
 
-    def __init__(self, size_limit: int = 0) -> None:
+    def __init__(self, size_limit: int = 0, check_cr: bool = True) -> None:
+        """``check_cr=False``: bare CRs are not looked for while reading (a pass over every
+        byte); the caller looks for them later (:func:`has_bare_cr`) and makes the message
+        CRLF itself. :attr:`crlf_only`, :attr:`dot_free` and :meth:`message` then speak of
+        LFs only."""
         self.size_limit = size_limit
+        self.check_cr = check_cr
         self.refusal: str | None = None
         """Why the message will not be taken (``"size"`` or what :meth:`refuse` was told)."""
         self.done = False
@@ -181,6 +191,8 @@ class DataReader:
         start = max(self._lf_checked, 1)
         if start < stop and _BARE_LF.search(chunk, start, stop) is not None:
             self._bare = True
+            return
+        if not self.check_cr:
             return
         found = _BARE_CR.search(chunk, 0, stop)
         if found is not None and found.start() < stop - 1:

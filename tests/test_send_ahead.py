@@ -338,3 +338,35 @@ async def test_final_dot_alone_after_the_whole_message_went_ahead(
     assert sum(sent_ahead) > len(raw) // 2
     (received,) = bstack.ordinary.received
     assert received.data == decided(bstack, DR, [GMAIL], raw)
+
+
+async def test_bare_cr_found_after_going_ahead(bstack: Stack, sent_ahead: list[int]) -> None:
+    """Bare CRs are looked for once the message went ahead: a message smuggling a forward of
+    MSSanté content behind them is refused though it was upstream already (no final dot,
+    nothing kept), and an innocent one is relayed made CRLF, once."""
+    smuggled = (
+        f"From: {DR}\r\nTo: {GMAIL}\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+        "--b1\rContent-Type: text/plain\r\rPour info.\r"
+        "--b1\rContent-Type: message/rfc822\rContent-Disposition: attachment\r\r"
+        f"From: {CONFRERE}\rTo: {DR}\rSubject: resultats\r\rHbA1c 7,2 %.\r--b1--\r\r\n"
+    ).encode()
+    async with asyncio.timeout(30):
+        code = await asyncio.to_thread(
+            _send_paced, bstack.port, DR, GMAIL, smuggled + b".\r\n", 0.05
+        )
+    assert code >= 500
+    assert sent_ahead  # it had gone upstream before the bare CRs were found
+    await asyncio.sleep(0.05)
+    assert bstack.delivered() == 0
+
+    sent_ahead.clear()
+    innocent = f"From: {BAL}\r\nTo: {CONFRERE}\r\n\r\nLigne\rsuite.\r\n".encode()
+    async with asyncio.timeout(30):
+        code = await asyncio.to_thread(
+            _send_paced, bstack.port, BAL, CONFRERE, innocent + b".\r\n", 0.05
+        )
+    assert code == 250
+    assert sent_ahead
+    (received,) = bstack.mssante.received
+    assert received.data == innocent.replace(b"Ligne\rsuite", b"Ligne\r\nsuite")

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mssgate.wire import DataReader, dot_stuff, dot_stuffed, normalize_line_endings
+from mssgate.wire import (
+    DataReader,
+    dot_stuff,
+    dot_stuffed,
+    has_bare_cr,
+    normalize_line_endings,
+)
 
 
 @pytest.mark.parametrize(
@@ -132,6 +138,32 @@ def test_data_reader_agrees_with_the_whole_transfer_read_at_once(
         assert reader.dot_free == (b"\r\n." not in b"\r\n" + wire)
     else:
         assert not reader.crlf_only and not reader.dot_free
+
+
+@given(
+    st.lists(st.sampled_from(_PIECES), max_size=40),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_data_reader_leaving_bare_crs_to_the_caller(pieces: list[bytes], cuts: list[int]) -> None:
+    """``check_cr=False``: the same end of data and next command; the message is the same
+    once the caller made its bare CRs CRLF (:func:`has_bare_cr` says when that is needed),
+    and what the reader says of line endings is about LFs only."""
+    data = b"".join(pieces)
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    reader = DataReader(check_cr=False)
+    last = _feed(reader, chunks)
+    expected = _reference(data)
+    if expected is None:
+        assert last == -1 and not reader.done
+        return
+    message, after, wire = expected
+    content = reader.message()
+    assert reader.leftover + b"".join(chunks[last + 1 :]) == after
+    assert (normalize_line_endings(content) if has_bare_cr(content) else content) == message
+    assert has_bare_cr(content) == (has_bare_cr(wire) and reader.crlf_only)
+    if reader.dot_free:
+        assert b"\r\n." not in b"\r\n" + content
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 64, 65536])
