@@ -308,10 +308,14 @@ def _split_params(value: str) -> list[str]:
             return out
 
 
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
 def _unquote(value: str) -> str:
     value = value.strip()
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
+        inner = value[1:-1]
+        return _QUOTED_PAIR.sub(r"\1", inner) if "\\" in inner else inner
     if value.startswith('"'):
         return value[1:]
     return value
