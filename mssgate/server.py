@@ -67,6 +67,9 @@ ONE_ROUTE = "one_route_per_message"
 AHEAD_MAX_TRANSFERS = 2
 """The upstream transaction is opened, and big messages sent, ahead (see :mod:`mssgate.ahead`)
 only with at most this many DATA transfers under way."""
+CR_LATER = 256 * 1024
+"""Bare CRs are looked for after the message went ahead in its first bytes up to this many
+(a small message's whole), and as it comes in past them (a big message's end would wait)."""
 AHEAD_WAIT = 1.0
 """Seconds the client may be held while the upstream opens, for a message to go ahead."""
 _PUSH_BUFFER = 64 * 1024
@@ -100,6 +103,8 @@ class TransactionState(SmtpEnvelope):
         self.tempfailed: list[str] = []
         self.dot_free = False
         """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
+        self.cr_unchecked = 0
+        """The message's first bytes, not looked at yet for bare CRs."""
         self.prepared: dict[Route, asyncio.Task[PreparedTransaction]] = {}
         """Upstream transactions opened while the message comes in (see ``prepare``)."""
 
@@ -411,8 +416,9 @@ class GatewaySMTP(SMTP):
         if self.budget.full():
             await self.push(smtp_reply(452, "4.3.1", messages.busy))
             return
-        # Bare CRs are looked for after the message went ahead (GatewayHandler._data).
-        reader = DataReader(self.data_size_limit or 0, check_cr=False)
+        # In a message's first bytes, bare CRs are looked for once it went ahead
+        # (GatewayHandler._data): off the path of a small message, not at the end of a big one.
+        reader = DataReader(self.data_size_limit or 0, cr_from=CR_LATER)
         transaction = self.envelope
         try:
             done = self._start_transfer(reader)
@@ -434,6 +440,7 @@ class GatewaySMTP(SMTP):
             self.envelope.original_content = content
             if isinstance(self.envelope, TransactionState):
                 self.envelope.dot_free = reader.dot_free
+                self.envelope.cr_unchecked = reader.cr_unchecked
             status = await self._call_handler_hook("DATA")
         finally:
             self._end_transfer()
@@ -844,7 +851,7 @@ class GatewayHandler:
             drafted = self.draft_fn(policy, current, raw)
             if envelope.prepared:
                 self._write_drafted(envelope, drafted)
-            if has_bare_cr(raw):
+            if envelope.cr_unchecked and has_bare_cr(raw, envelope.cr_unchecked):
                 # (Looked for only now, while the upstream reads what went ahead.) The message
                 # is read again as it will be relayed, every line ending CRLF: what went
                 # ahead no longer matches and is dropped at delivery, without its final dot.

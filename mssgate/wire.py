@@ -30,9 +30,12 @@ def normalize_line_endings(content: bytes) -> bytes:
     return _LINE_ENDINGS.sub(b"\r\n", content)
 
 
-def has_bare_cr(content: bytes) -> bool:
-    """True when a CR of ``content`` is not followed by an LF."""
-    return _BARE_CR.search(content) is not None
+def has_bare_cr(content: bytes, end: int | None = None) -> bool:
+    """True when a CR of ``content`` (of its first ``end`` bytes) is not followed by an LF."""
+    if end is None:
+        return _BARE_CR.search(content) is not None
+    found = _BARE_CR.search(content, 0, min(len(content), end + 1))
+    return found is not None and found.start() < end
 
 
 def longest_header_line(content: bytes) -> int:
@@ -62,13 +65,15 @@ class DataReader:
     final dot (RFC 5321 4.2.5).
     """
 
-    def __init__(self, size_limit: int = 0, check_cr: bool = True) -> None:
-        """``check_cr=False``: bare CRs are not looked for while reading (a pass over every
-        byte); the caller looks for them later (:func:`has_bare_cr`) and makes the message
-        CRLF itself. :attr:`crlf_only`, :attr:`dot_free` and :meth:`message` then speak of
-        LFs only."""
+    def __init__(self, size_limit: int = 0, cr_from: int = 0) -> None:
+        """``cr_from``: bare CRs are looked for only in the chunks that go past this many
+        bytes of the transfer (a pass over every byte); in the first :attr:`cr_unchecked`
+        bytes they are the caller's to find (:func:`has_bare_cr`), later, and to make CRLF.
+        :attr:`crlf_only`, :attr:`dot_free` and :meth:`message` speak of the rest only."""
         self.size_limit = size_limit
-        self.check_cr = check_cr
+        self.cr_from = cr_from
+        self.cr_unchecked = 0
+        """The first bytes of the transfer in which bare CRs were not looked for."""
         self.refusal: str | None = None
         """Why the message will not be taken (``"size"`` or what :meth:`refuse` was told)."""
         self.done = False
@@ -192,7 +197,8 @@ class DataReader:
         if start < stop and _BARE_LF.search(chunk, start, stop) is not None:
             self._bare = True
             return
-        if not self.check_cr:
+        if self._seen + stop <= self.cr_from:
+            self.cr_unchecked = self._seen + stop
             return
         found = _BARE_CR.search(chunk, 0, stop)
         if found is not None and found.start() < stop - 1:

@@ -370,3 +370,15 @@ async def test_bare_cr_found_after_going_ahead(bstack: Stack, sent_ahead: list[i
     assert sent_ahead
     (received,) = bstack.mssante.received
     assert received.data == innocent.replace(b"Ligne\rsuite", b"Ligne\r\nsuite")
+
+
+async def test_big_message_with_an_early_bare_cr(bstack: Stack, sent_ahead: list[int]) -> None:
+    """A bare CR in a big message's first bytes (looked for once the message is in) while its
+    end went ahead as it came: the upstream gets the message made CRLF, once."""
+    raw = big_message(BAL, CONFRERE).replace(b"ci-joint.\r\n", b"ci-\rjoint.\r\n")
+    async with asyncio.timeout(30):
+        code = await asyncio.to_thread(_send_paced, bstack.port, BAL, CONFRERE, raw + b".\r\n", 0)
+    assert code == 250
+    assert sent_ahead
+    (received,) = bstack.mssante.received
+    assert received.data == raw.replace(b"ci-\rjoint", b"ci-\r\njoint")
