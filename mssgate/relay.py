@@ -546,6 +546,9 @@ class PreparedTransaction:
     """The message's first bytes, already written (dot-stuffing needed none, and they end at
     a line end): a delivery goes on from there only if its message starts with them."""
     sent_size: int = 0
+    whole: bytes | None = None
+    """The message all of whose bytes were written (:meth:`send_rest`): known to start with
+    what was sent, without comparing them again."""
 
     def send_ahead(self, piece: bytes | memoryview) -> None:
         """Write the next bytes of the message (no line of them may start with a dot)."""
@@ -560,6 +563,8 @@ class PreparedTransaction:
 
     def starts(self, message: bytes) -> bool:
         """``message`` begins with exactly the bytes sent ahead."""
+        if message is self.whole:
+            return True
         if len(message) < self.sent_size:
             return False
         at = 0
@@ -581,6 +586,7 @@ class PreparedTransaction:
                 self.send_ahead(memoryview(message)[self.sent_size :])
             except aiosmtplib.SMTPServerDisconnected:
                 return False
+        self.whole = message
         return True
 
 
