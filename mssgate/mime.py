@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import html
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -391,23 +392,24 @@ _MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+/[!#$%&'*+\-.^_`|~0-9a-z]+")
 _TOKEN_END = re.compile(r"[\s(;]")
 
 
-def _parse_entity(
-    raw: bytes,
-    start: int,
-    end: int,
-    depth: int,
-    max_depth: int,
-    default_type: str,
-    defects: list[str],
-    unfolded_out: list[tuple[str, str]] | None = None,
-) -> Part:
-    scan = _scan_header(raw, start, end, allow_unix_from=(start == 0))
-    if not scan.had_blank and (scan.fields_end < end or scan.fields_end > start):
-        defects.append("header block without blank line")
-    raw_fields = _fields(raw, scan)
-    unfolded = [(f.name, _unfold(f.value)) for f in raw_fields]
-    if unfolded_out is not None:
-        unfolded_out.extend(unfolded)
+class _Head(NamedTuple):
+    """What a part's header block says (everything of a :class:`Part` but its offsets)."""
+
+    content_type: str
+    params: Params
+    disposition: str | None
+    filename: str | None
+    transfer_encoding: str
+    headers: tuple[tuple[str, str], ...]
+    first_values: dict[str, str]
+    unfolded: list[tuple[str, str]]
+    defects: tuple[str, ...]
+
+
+def _read_head(raw: bytes, start: int, end: int, default_type: str) -> _Head:
+    """Read the header fields in ``raw[start:end]``."""
+    defects: list[str] = []
+    unfolded = [(f.name, _unfold(f.value)) for f in _raw_fields(raw, start, end)]
     headers = tuple((name, _decode_2047(value)) for name, value in unfolded)
     first: dict[str, str] = {}
     for name, value in unfolded:
@@ -441,6 +443,51 @@ def _parse_entity(
             filename = _decode_2047(dparams["filename"])
     if filename is None and params.get("name"):
         filename = _decode_2047(params["name"])
+    return _Head(
+        content_type,
+        params,
+        disposition,
+        filename,
+        transfer_encoding,
+        headers,
+        _first_values(headers),
+        unfolded,
+        tuple(defects),
+    )
+
+
+_HEAD_CACHE_MAX = 2048
+"""Part header blocks up to this size are read once per distinct block: a mail client writes
+the same few (``text/html; charset=utf-8``, its attachment headers) message after message."""
+
+
+@functools.lru_cache(maxsize=512)
+def _part_head(block: bytes, default_type: str) -> _Head:
+    return _read_head(block, 0, len(block), default_type)
+
+
+def _parse_entity(
+    raw: bytes,
+    start: int,
+    end: int,
+    depth: int,
+    max_depth: int,
+    default_type: str,
+    defects: list[str],
+    unfolded_out: list[tuple[str, str]] | None = None,
+) -> Part:
+    scan = _scan_header(raw, start, end, allow_unix_from=(start == 0))
+    if not scan.had_blank and (scan.fields_end < end or scan.fields_end > start):
+        defects.append("header block without blank line")
+    if unfolded_out is None and scan.fields_end - scan.fields_start <= _HEAD_CACHE_MAX:
+        head = _part_head(raw[scan.fields_start : scan.fields_end], default_type)
+    else:
+        # (The top level's fields are the message's own: read each time, kept for callers.)
+        head = _read_head(raw, scan.fields_start, scan.fields_end, default_type)
+        if unfolded_out is not None:
+            unfolded_out.extend(head.unfolded)
+    defects.extend(head.defects)
+    content_type, params, transfer_encoding = head.content_type, head.params, head.transfer_encoding
 
     body_start = scan.body_start
     body_end = end
@@ -479,15 +526,15 @@ def _parse_entity(
     return Part(
         content_type=content_type,
         params=params,
-        disposition=disposition,
-        filename=filename,
+        disposition=head.disposition,
+        filename=head.filename,
         transfer_encoding=transfer_encoding,
         header_start=start,
         body_start=body_start,
         body_end=body_end,
         children=children,
-        headers=headers,
-        first_values=_first_values(headers),
+        headers=head.headers,
+        first_values=head.first_values,
     )
 
 

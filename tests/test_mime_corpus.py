@@ -122,3 +122,21 @@ def test_corpus_rich_attachment_is_not_a_body() -> None:
     assert msg.root.disposition == "attachment"
     assert body_parts(msg) == ()
     assert add_signature(msg, SIG_TEXT, SIG_HTML, PREFERRED).reason == "no_body_part"
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_corpus_part_headers_read_from_the_cache_as_fresh(name: str) -> None:
+    """A part's header block is read once per distinct block (the same few, message after
+    message): a message parsed with every block already known, or with none, is the same tree,
+    with the same header lookups."""
+    from mssgate import mime
+
+    raw = _load(name)
+    mime._part_head.cache_clear()
+    fresh = parse_message(raw)
+    cached = parse_message(raw)
+    mime._part_head.cache_clear()
+    assert cached == fresh
+    for a, b in zip(walk(cached.root), walk(fresh.root), strict=True):
+        assert a.first_values == b.first_values
+        assert a.header("content-type") == b.header("content-type")
