@@ -9,6 +9,7 @@ steps: :func:`draft` (read the message, prepare what each route would be given) 
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass, replace
 
@@ -81,6 +82,16 @@ def relays_unchanged(policy: Policy, route: Route) -> bool:
     return route is Route.MSSANTE or not policy.document.signature.enabled
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature_texts(
+    text: str, html_template: str, name: str, place: str, preferred_bal: str
+) -> tuple[str, str]:
+    """A sender's signature, as text and as an HTML fragment (its values escaped)."""
+    values = {"name": name, "place": place, "preferred_bal": preferred_bal}
+    escaped = {k: html.escape(v) for k, v in values.items()}
+    return render(text, **values), render(html_template, **escaped)
+
+
 def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, bool, str]:
     """The ordinary-route bytes, with the preferred-address signature where it applies:
     (bytes, signature added, no line starts with a dot that did not already, note)."""
@@ -90,12 +101,14 @@ def _sign(policy: Policy, tx: Transaction, raw: bytes) -> tuple[bytes, bool, boo
     profile = policy.profile_for(*(c.address for c in tx.senders))
     if profile is None:
         return raw, False, True, "signature: sender unknown to the policy"
-    values = {"name": profile.name, "place": profile.place, "preferred_bal": profile.preferred_bal}
+    text, html_fragment = _signature_texts(
+        settings.text, settings.html, profile.name, profile.place, profile.preferred_bal
+    )
     assert tx.message is not None
     result = add_signature(
         tx.message,
-        render(settings.text, **values),
-        render(settings.html, **{k: html.escape(v) for k, v in values.items()}),
+        text,
+        html_fragment,
         already_present=profile.preferred_bal,
         marker=(settings.marker_header, "added"),
         skip_dkim_signed=settings.skip_dkim_signed,

@@ -1107,9 +1107,13 @@ class _Edits:
         result = b"".join(out)
         # A line starts with a dot only inside an edit or where the edit joins the original.
         dot_safe = not result.startswith(b".") and not any(
-            result.find(b"\r\n.", max(0, at - 2), at + length + 1) >= 0 for at, length in inserted
+            _CRLF_DOT.search(result, max(0, at - 2), at + length + 1) for at, length in inserted
         )
         return result, dot_safe
+
+
+_CRLF_DOT = re.compile(rb"\r\n\.")
+"""A line starting with a dot (``re`` finds it faster than ``bytes.find``)."""
 
 
 def _qp_encode(data: bytes, le: bytes) -> bytes:
