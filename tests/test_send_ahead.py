@@ -161,25 +161,12 @@ async def test_late_dots_and_line_endings_are_relayed_right(bstack: Stack, late:
     raw = big_message(BAL, CONFRERE, tail_text="fin")
     wire = raw.replace(b"fin\r\n", late.encode() + b"fin\r\n")
     async with asyncio.timeout(30):
-        code = await asyncio.to_thread(_send_wire, bstack.port, BAL, CONFRERE, wire)
+        code = await asyncio.to_thread(_send_paced, bstack.port, BAL, CONFRERE, wire + b".\r\n", 0)
     assert code == 250
     (received,) = bstack.mssante.received
     expected = wire.replace(b"\r\n..", b"\r\n.").replace(b"\r\n", b"\n")
     expected = expected.replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     assert received.data == expected
-
-
-def _send_wire(port: int, sender: str, rcpt: str, wire: bytes) -> int:
-    """DATA with these exact bytes (already dot-stuffed by the caller, bare endings kept)."""
-    with smtplib.SMTP(LOOPBACK, port, timeout=20) as client:
-        client.ehlo()
-        client.mail(sender)
-        client.rcpt(rcpt)
-        code, _ = client.docmd("DATA")
-        assert code == 354
-        client.send(wire + b".\r\n")
-        code, _ = client.getreply()
-        return code
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
@@ -239,7 +226,8 @@ def _stuffed(message: bytes) -> bytes:
 
 
 def _send_paced(port: int, sender: str, rcpt: str, payload: bytes, pause: float) -> int:
-    """DATA, then ``pause`` seconds before the payload (the upstream has said 354 by then)."""
+    """DATA, then ``pause`` seconds before these exact bytes (dot-stuffed by the caller, bare
+    line endings kept, final dot included): with a pause, the upstream has said 354 by then."""
     with smtplib.SMTP(LOOPBACK, port, timeout=20) as client:
         client.ehlo()
         client.mail(sender)

@@ -100,6 +100,13 @@ def _reference(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     return message, stream[end + 5 :], wire[2:]
 
 
+def _cut(pieces: list[bytes], cuts: list[int]) -> tuple[bytes, list[bytes]]:
+    """The transfer, and the chunks the network delivers it in (cut at ``cuts``)."""
+    data = b"".join(pieces)
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return data, [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
 def _feed(reader: DataReader, chunks: list[bytes]) -> int:
     """Feed chunks until the reader is done; how many it took (-1: never done)."""
     for n, chunk in enumerate(chunks):
@@ -117,9 +124,7 @@ def test_data_reader_agrees_with_the_whole_transfer_read_at_once(
 ) -> None:
     """However the network cuts the transfer, the reader finds the same end of data, message
     and next command as a reading of the whole at once."""
-    data = b"".join(pieces)
-    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    data, chunks = _cut(pieces, cuts)
     reader = DataReader()
     last = _feed(reader, chunks)
     expected = _reference(data)
@@ -151,9 +156,7 @@ def test_data_reader_leaving_bare_crs_to_the_caller(
     """``cr_from``: the same end of data and next command; the message is the same once
     the caller made its bare CRs CRLF (:func:`has_bare_cr` on the unchecked beginning says
     when that is needed, the reader for the rest)."""
-    data = b"".join(pieces)
-    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    data, chunks = _cut(pieces, cuts)
     reader = DataReader(cr_from=cr_from)
     last = _feed(reader, chunks)
     expected = _reference(data)
