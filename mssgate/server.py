@@ -946,7 +946,7 @@ class GatewayHandler:
         the message is accepted and relayed as exactly these bytes
         (:meth:`SmtpRelay.deliver`), else the connection is dropped and the upstream forgets
         it."""
-        for route, task in envelope.prepared.items():
+        for route, task in list(envelope.prepared.items()):
             ready = await opened(task)
             # (Lines to dot-stuff on the way out, or bare line endings made CRLF: not ahead.)
             if ready is not None and envelope.dot_free and relays_unchanged(policy, route):
