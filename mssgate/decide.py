@@ -76,10 +76,13 @@ def route_of(policy: Policy, address: str) -> Route:
     return Route.MSSANTE if in_trust_space(policy, policy.classify(address)) else Route.ORDINARY
 
 
-def relays_unchanged(policy: Policy, route: Route) -> bool:
-    """True when a message accepted for ``route`` goes there exactly as received: the MSSanté
-    route always (health data byte for byte), the ordinary one when no signature is added."""
-    return route is Route.MSSANTE or not policy.document.signature.enabled
+def may_go_ahead(route: Route) -> bool:
+    """True when the upstream of ``route`` may be given a message before it is decided (the
+    final dot still waits for the decision): only the MSSanté route, whose upstream is inside
+    the trust space and takes the message exactly as received. An ordinary upstream gets a
+    message's content only once it is accepted: what the rules refuse to let out of the trust
+    space (a forwarded MSSanté message...) must not reach it, even undelivered."""
+    return route is Route.MSSANTE
 
 
 @functools.lru_cache(maxsize=1024)

@@ -38,8 +38,8 @@ from mssgate.decide import (
     check_sender,
     draft,
     judge,
+    may_go_ahead,
     recipients_by_route,
-    relays_unchanged,
     route_of,
 )
 from mssgate.dnscheck import DomainChecker
@@ -466,6 +466,8 @@ class GatewaySMTP(SMTP):
                 handler.prepare(envelope)
                 if len(envelope.prepared) == 1 and session is not None:
                     ((route, task),) = envelope.prepared.items()
+                    if not may_go_ahead(route):
+                        return  # (the envelope only: the content waits for the decision)
                     self._ahead = SendAhead(
                         task, lambda beginning: handler.predict(session, envelope, route, beginning)
                     )
@@ -845,12 +847,10 @@ class GatewayHandler:
         login = self._login(session)
         attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
         if envelope.prepared:
-            await self._write_ahead(policy, envelope, raw)
+            await self._write_ahead(envelope, raw)
         try:
             current = self._envelope(envelope, attempted, login)
             drafted = self.draft_fn(policy, current, raw)
-            if envelope.prepared:
-                self._write_drafted(envelope, drafted)
             if envelope.cr_unchecked and has_bare_cr(raw, envelope.cr_unchecked):
                 # (Looked for only now, while the upstream reads what went ahead.) The message
                 # is read again as it will be relayed, every line ending CRLF: what went
@@ -938,31 +938,21 @@ class GatewayHandler:
         return reply, None, decision, " ; ".join(details), size_out
 
     @staticmethod
-    async def _write_ahead(policy: Policy, envelope: TransactionState, raw: bytes) -> None:
-        """Before deciding: the upstream transactions opened while the message came in are
-        given the few loop turns that bring in a 354 already received (:func:`opened`); the
-        routes that take the message byte for byte get it at once, so that the upstream reads
-        it while the filter decides. Nothing is final: the upstream gets the final dot only if
-        the message is accepted and relayed as exactly these bytes
-        (:meth:`SmtpRelay.deliver`), else the connection is dropped and the upstream forgets
-        it."""
+    async def _write_ahead(envelope: TransactionState, raw: bytes) -> None:
+        """Before deciding: a message for the MSSanté route goes to the upstream transaction
+        opened while it came in (given the few loop turns that bring in a 354 already
+        received: :func:`opened`), so that the upstream reads it while the filter decides.
+        Nothing is final: the upstream gets the final dot only if the message is accepted and
+        relayed as exactly these bytes (:meth:`SmtpRelay.deliver`), else the connection is
+        dropped and the upstream forgets it. An ordinary upstream never gets content ahead
+        (:func:`may_go_ahead`)."""
+        if not envelope.dot_free:
+            return  # (lines to dot-stuff on the way out, or bare line endings made CRLF)
         for route, task in list(envelope.prepared.items()):
-            ready = await opened(task)
-            # (Lines to dot-stuff on the way out, or bare line endings made CRLF: not ahead.)
-            if ready is not None and envelope.dot_free and relays_unchanged(policy, route):
-                ready.send_rest(raw)
-
-    @staticmethod
-    def _write_drafted(envelope: TransactionState, drafted: Draft) -> None:
-        """After the draft, before the rules: each delivery's bytes go to its route's opened
-        upstream transaction (the signed message on the ordinary route), so that the upstream
-        reads them while the rules run; not final either (see :meth:`_write_ahead`)."""
-        for delivery in drafted.deliveries:
-            task = envelope.prepared.get(delivery.route)
-            if task is None or not delivery.dot_free or not task.done():
-                continue
-            if not task.cancelled() and task.exception() is None:
-                task.result().send_rest(delivery.message)
+            if may_go_ahead(route):
+                ready = await opened(task)
+                if ready is not None:
+                    ready.send_rest(raw)
 
     def prepare(self, envelope: TransactionState) -> None:
         """Open the upstream transactions this message will need if accepted (the routes

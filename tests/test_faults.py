@@ -558,7 +558,7 @@ BIG_FAULTS: dict[str, tuple[Faults, int]] = {
 async def test_big_message_sent_ahead_meets_upstream_faults(
     ledger: Ledger, case: str, fault: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A 1 MB message goes upstream while it comes in (mssgate.ahead): whatever the upstream
+    """A 1 MB MSSanté message goes upstream while it comes in (mssgate.ahead): whatever the upstream
     does meanwhile, the client is told 250 only for a message delivered once, and anything
     else is delivered nowhere."""
     monkeypatch.setattr(server, "AHEAD_WAIT", 0.05)  # a slow upstream: not waited for long
@@ -571,8 +571,8 @@ async def test_big_message_sent_ahead_meets_upstream_faults(
 
     monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
     faults, code = BIG_FAULTS[fault]
-    async with fault_stack(ledger, case, ordinary=faults, timeout=2.0) as stack:
-        _, result, _ = await stack.send(DR, [GMAIL], [ORDINARY], size=1_000_000, dots=False)
+    async with fault_stack(ledger, case, mssante=faults, timeout=2.0) as stack:
+        _, result, _ = await stack.send(BAL, [CONFRERE], [MSSANTE], size=1_000_000, dots=False)
         assert result.code == code, result
         tally = await stack.assert_clean()
         assert tally.delivered == (1 if code == 250 else 0)

@@ -373,18 +373,22 @@ async def test_oversize_headers_are_refused(tls: TlsFiles) -> None:
 
 @asynccontextmanager
 async def tls_upstream_stack(
-    tls: TlsFiles, route: str, require_client_cert: bool = False
+    tls: TlsFiles, route: str, require_client_cert: bool = False, secured: str = "ordinary"
 ) -> AsyncIterator[tuple[Gateway, CaptureUpstream]]:
+    """The ``secured`` route's upstream speaks STARTTLS (with ``route``'s extra settings);
+    the other route goes to a plain upstream."""
     context = tls.server_context(require_client_cert=require_client_cert)
     async with CaptureUpstream(tls_context=context) as upstream, CaptureUpstream() as other:
+        with_tls = f"{{host: {LOOPBACK}, port: {upstream.port}, tls: starttls, timeout: 5{route}}}"
+        plain = f"{{host: {LOOPBACK}, port: {other.port}, tls: none, timeout: 5}}"
         text = f"""
 version: 1
 listen: {{host: 127.0.0.1, port: 0, client_timeout: 30}}
 routes:
   mssante:
-    upstream: {{host: {LOOPBACK}, port: {other.port}, tls: none, timeout: 5}}
+    upstream: {with_tls if secured == "mssante" else plain}
   ordinary:
-    upstream: {{host: {LOOPBACK}, port: {upstream.port}, tls: starttls, timeout: 5{route}}}
+    upstream: {with_tls if secured == "ordinary" else plain}
 """
         policy = load_policy_text(text, "upstream-tls.yaml").policy
         relays = build_relays(policy.route_configs(), "mssgate.test", {})
@@ -503,8 +507,8 @@ async def test_connections_in_total_are_limited(tls: TlsFiles) -> None:
 async def test_big_message_sent_ahead_over_upstream_starttls(
     tls: TlsFiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A big message goes upstream while it comes in over the route's TLS session too, and
-    arrives exactly as received."""
+    """A big MSSanté message goes upstream while it comes in over the route's TLS session
+    too, and arrives exactly as received."""
     from mssgate.relay import PreparedTransaction
     from tests.test_send_ahead import big_message
 
@@ -516,13 +520,15 @@ async def test_big_message_sent_ahead_over_upstream_starttls(
         real(self, piece)
 
     monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
-    raw = big_message("a@exemple.fr", GMAIL)
+    sender, rcpt = "a@medecin.mssante.fr", "b@medecin.mssante.fr"
+    raw = big_message(sender, rcpt)
 
     def send_big(port: int) -> None:
         with smtplib.SMTP(LOOPBACK, port, timeout=20) as client:
-            client.sendmail("a@exemple.fr", [GMAIL], raw)
+            client.sendmail(sender, [rcpt], raw)
 
-    async with tls_upstream_stack(tls, f", ca_file: {tls.ca}") as (gateway, upstream):
+    tls_route = f", ca_file: {tls.ca}"
+    async with tls_upstream_stack(tls, tls_route, secured="mssante") as (gateway, upstream):
         await asyncio.to_thread(send_big, gateway.port)
     assert upstream.tls_sessions == 1
     assert [r.data for r in upstream.received] == [raw]

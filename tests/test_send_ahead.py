@@ -1,7 +1,9 @@
-"""Big messages sent upstream while they come in (mssgate.ahead), over real SMTP: what the
-upstream finally holds is exactly what the filter decided, once, whatever happened on the way
-(a refusal at the end, a rewrite the beginning did not predict, dots, bare line endings, a
-client that leaves)."""
+"""Messages sent upstream before they are decided, over real SMTP: on the MSSanté route (inside
+the trust space) a big message goes while it comes in (mssgate.ahead) and any message as soon
+as it is in; the upstream finally holds exactly what the filter decided, once, whatever
+happened on the way (a refusal, a rewrite the beginning did not predict, dots, bare line
+endings, a client that leaves). An ordinary upstream gets nothing of a message's content
+before its acceptance."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from mssgate.decide import Draft, decide, draft, judge
 from mssgate.model import Action, Decision, Envelope, Verdict
 from mssgate.policy import Policy
 from tests.conftest import Stack, corpus_files, running_stack
-from tests.smtp_peers import LOOPBACK, send
+from tests.smtp_peers import LOOPBACK, CaptureUpstream, send
 
 DR = "dr.martin@cabinet-gare.fr"
 BAL = "alice.martin@medecin.mssante.fr"
@@ -81,13 +83,19 @@ def decided(stack: Stack, sender: str, rcpts: list[str], raw: bytes) -> bytes:
     return delivery.message
 
 
+def _seen_by(upstream: CaptureUpstream, text: bytes) -> bool:
+    """Whether these bytes reached the upstream's socket at all (delivered or not)."""
+    return text in b"".join(upstream.reads)
+
+
 async def test_signed_big_message_arrives_exactly_as_decided(
     bstack: Stack, sent_ahead: list[int]
 ) -> None:
+    """On the ordinary route a big message goes upstream once decided, signed, whole."""
     raw = big_message(DR, GMAIL)
     result = await send(bstack.port, DR, [GMAIL], raw)
     assert result.code == 250, result.text
-    assert sum(sent_ahead) > len(raw) // 2  # most of it went while the client was sending
+    assert sent_ahead == []  # an ordinary upstream: nothing before the decision
     (received,) = bstack.ordinary.received
     assert received.data == decided(bstack, DR, [GMAIL], raw)
     assert b"X-MSSGate-Signature: added" in received.data
@@ -103,11 +111,12 @@ async def test_mssante_big_message_byte_for_byte(bstack: Stack, sent_ahead: list
     assert received.rcpt_tos == [CONFRERE, COPY]
 
 
-async def test_refused_at_the_end_nothing_reaches_anyone(
+async def test_forward_at_the_end_never_reaches_the_ordinary_upstream(
     bstack: Stack, sent_ahead: list[int]
 ) -> None:
-    """The beginning looked fine and went ahead; the end forwards a message received from an
-    MSSanté address to an ordinary one: refused, and the upstream never gets the final dot."""
+    """A big message whose end forwards a message received from an MSSanté address to an
+    ordinary one: refused, and not one byte of its content reached the ordinary upstream
+    (not even undelivered: the health data stays inside the trust space)."""
     forward = (
         "Content-Type: message/rfc822\r\nContent-Disposition: attachment\r\n\r\n"
         f"From: {CONFRERE}\r\nTo: {DR}\r\nSubject: resultats\r\n\r\nHbA1c 7,2 %."
@@ -115,11 +124,34 @@ async def test_refused_at_the_end_nothing_reaches_anyone(
     raw = big_message(DR, GMAIL, tail_part=forward)
     result = await send(bstack.port, DR, [GMAIL], raw)
     assert result.code is not None and result.code >= 500, result.text
-    assert sent_ahead
+    assert sent_ahead == []
     assert bstack.delivered() == 0
+    assert not _seen_by(bstack.ordinary, b"HbA1c")
+    assert not _seen_by(bstack.ordinary, b"Imagerie")  # (the subject: nothing of it at all)
     after = await send(bstack.port, DR, [GMAIL], big_message(DR, GMAIL))
     assert after.code == 250
     assert len(bstack.ordinary.received) == 1
+
+
+async def test_refused_at_the_end_nothing_reaches_anyone(sent_ahead: list[int]) -> None:
+    """On the MSSanté route the beginning went ahead; the filter refuses the message for
+    what its end holds: the upstream never gets the final dot, and keeps nothing."""
+
+    def refuse_marked(policy: Policy, drafted: Draft) -> Decision:
+        if b"REFUS-FINAL" in drafted.deliveries[0].message[-4096:]:
+            return Decision.refuse(Verdict("test_rule", 550, "5.7.1", "refusé à la fin"))
+        return judge(policy, drafted)
+
+    async with running_stack(judge_fn=refuse_marked, pipelining=True) as stack:
+        raw = big_message(BAL, CONFRERE, tail_text="REFUS-FINAL")
+        result = await send(stack.port, BAL, [CONFRERE], raw)
+        assert result.code == 550, result.text
+        assert sent_ahead
+        await asyncio.sleep(0.05)
+        assert stack.delivered() == 0
+        after = await send(stack.port, BAL, [CONFRERE], big_message(BAL, CONFRERE))
+        assert after.code == 250
+        assert len(stack.mssante.received) == 1
 
 
 async def test_rewrite_not_predicted_goes_the_usual_way(sent_ahead: list[int]) -> None:
@@ -136,18 +168,12 @@ async def test_rewrite_not_predicted_goes_the_usual_way(sent_ahead: list[int]) -
         return replace(decision, deliveries=(changed,))
 
     async with running_stack(judge_fn=late_change, pipelining=True) as stack:
-        raw = big_message(DR, GMAIL)
-        result = await send(stack.port, DR, [GMAIL], raw)
+        raw = big_message(BAL, CONFRERE)
+        result = await send(stack.port, BAL, [CONFRERE], raw)
         assert result.code == 250, result.text
         assert sent_ahead
-        (received,) = stack.ordinary.received
-        assert received.data.startswith(b"X-Late: 1\r\n")
-        assert (
-            received.data
-            == late_change(stack.policy, draft(stack.policy, Envelope(DR, (GMAIL,)), raw))
-            .deliveries[0]
-            .message
-        )
+        (received,) = stack.mssante.received
+        assert received.data == b"X-Late: 1\r\n" + raw
 
 
 @pytest.mark.parametrize(
@@ -178,10 +204,10 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_client_leaving_midway_leaves_nothing(bstack: Stack, sent_ahead: list[int]) -> None:
-    raw = big_message(DR, GMAIL)
+    raw = big_message(BAL, CONFRERE)
     reader, writer = await asyncio.open_connection(LOOPBACK, bstack.port)
     await _reply(reader)  # the banner
-    for command in (b"EHLO client.test", f"MAIL FROM:<{DR}>", f"RCPT TO:<{GMAIL}>", b"DATA"):
+    for command in (b"EHLO client.test", f"MAIL FROM:<{BAL}>", f"RCPT TO:<{CONFRERE}>", b"DATA"):
         writer.write((command if isinstance(command, bytes) else command.encode()) + b"\r\n")
         reply = await _reply(reader)
     assert reply.startswith(b"354")
@@ -192,9 +218,9 @@ async def test_client_leaving_midway_leaves_nothing(bstack: Stack, sent_ahead: l
     await asyncio.sleep(0.3)
     assert sent_ahead
     assert bstack.delivered() == 0
-    again = await send(bstack.port, DR, [GMAIL], big_message(DR, GMAIL))
+    again = await send(bstack.port, BAL, [CONFRERE], big_message(BAL, CONFRERE))
     assert again.code == 250
-    assert len(bstack.ordinary.received) == 1
+    assert len(bstack.mssante.received) == 1
 
 
 async def test_nothing_goes_ahead_under_load(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,14 +271,15 @@ CORPUS_SAMPLE = [p for p in corpus_files() if p.stat().st_size < 100_000]
 
 @pytest.mark.parametrize("path", CORPUS_SAMPLE, ids=[p.stem for p in CORPUS_SAMPLE])
 @pytest.mark.parametrize("route", ["mssante", "ordinary"])
-async def test_message_goes_upstream_before_the_decision(
+async def test_message_goes_upstream_before_the_decision_on_the_mssante_route_only(
     bstack: Stack, sent_ahead: list[int], path: Path, route: str
 ) -> None:
-    """A real-world message is written to the opened upstream transaction before the rules
-    run: on the MSSanté route as received, before anything else; on the ordinary route as
-    drafted (signed). Accepted: only the final dot is left to send, and the upstream holds
-    the message decided, once. Refused (e.g. its own To/Cc name addresses of the other
-    space): the upstream never gets the final dot and keeps nothing."""
+    """A real-world message on the MSSanté route is written to the opened upstream
+    transaction before the decision, as received: accepted, only the final dot is left to
+    send, and the upstream holds the message, once; refused (its own To/Cc name ordinary
+    addresses), the upstream never gets the final dot and keeps nothing. On the ordinary
+    route nothing of it goes before the decision, and a refused one never reaches the
+    upstream's socket."""
     sender, rcpt = (BAL, CONFRERE) if route == "mssante" else (DR, GMAIL)
     raw = _crlf(path.read_bytes())
     dot_free = not raw.startswith(b".") and b"\r\n." not in raw
@@ -267,10 +294,13 @@ async def test_message_goes_upstream_before_the_decision(
     else:
         await asyncio.sleep(0.05)
         assert bstack.delivered() == 0
-    # Lines starting with a dot would need stuffing again on the way out: those go the
-    # usual way, after the decision.
+    # Only the MSSanté route takes a message before its decision; and lines starting with a
+    # dot would need stuffing again on the way out: those go the usual way, after it.
     (delivery,) = drafted.deliveries
-    assert sent_ahead == ([len(delivery.message)] if delivery.dot_free else [])
+    ahead = route == "mssante" and delivery.dot_free
+    assert sent_ahead == ([len(delivery.message)] if ahead else [])
+    if route == "ordinary" and decision.action is not Action.ACCEPT:
+        assert not _seen_by(bstack.ordinary, raw[-200:].strip())
 
 
 async def test_refused_after_going_ahead_reaches_no_one(sent_ahead: list[int]) -> None:
@@ -305,15 +335,15 @@ async def test_refused_after_going_ahead_reaches_no_one(sent_ahead: list[int]) -
 async def test_final_dot_alone_after_the_whole_message_went_ahead(
     bstack: Stack, sent_ahead: list[int]
 ) -> None:
-    """Every line of a big signed message went ahead while it came in; the client's final
+    """Every line of a big MSSanté message went ahead while it came in; the client's final
     dot comes alone, later: only the dot is left to send, and nothing is added."""
-    raw = big_message(DR, GMAIL)
+    raw = big_message(BAL, CONFRERE)
 
     def paced() -> int:
         with smtplib.SMTP(LOOPBACK, bstack.port, timeout=20) as client:
             client.ehlo()
-            client.mail(DR)
-            client.rcpt(GMAIL)
+            client.mail(BAL)
+            client.rcpt(CONFRERE)
             assert client.docmd("DATA")[0] == 354
             client.send(raw)
             time.sleep(0.3)
@@ -323,15 +353,15 @@ async def test_final_dot_alone_after_the_whole_message_went_ahead(
     async with asyncio.timeout(30):
         code = await asyncio.to_thread(paced)
     assert code == 250
-    assert sum(sent_ahead) > len(raw) // 2
-    (received,) = bstack.ordinary.received
-    assert received.data == decided(bstack, DR, [GMAIL], raw)
+    assert sum(sent_ahead) == len(raw)
+    (received,) = bstack.mssante.received
+    assert received.data == raw
 
 
 async def test_bare_cr_found_after_going_ahead(bstack: Stack, sent_ahead: list[int]) -> None:
-    """Bare CRs are looked for once the message went ahead: a message smuggling a forward of
-    MSSanté content behind them is refused though it was upstream already (no final dot,
-    nothing kept), and an innocent one is relayed made CRLF, once."""
+    """Bare CRs are looked for once a message went ahead, on the MSSanté route: an innocent
+    one is relayed made CRLF, once. A message for the ordinary route smuggling a forward of
+    MSSanté content behind bare CRs is refused, and nothing of it reached that upstream."""
     smuggled = (
         f"From: {DR}\r\nTo: {GMAIL}\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n"
         'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
@@ -344,11 +374,11 @@ async def test_bare_cr_found_after_going_ahead(bstack: Stack, sent_ahead: list[i
             _send_paced, bstack.port, DR, GMAIL, smuggled + b".\r\n", 0.05
         )
     assert code >= 500
-    assert sent_ahead  # it had gone upstream before the bare CRs were found
+    assert sent_ahead == []
     await asyncio.sleep(0.05)
     assert bstack.delivered() == 0
+    assert not _seen_by(bstack.ordinary, b"HbA1c")
 
-    sent_ahead.clear()
     innocent = f"From: {BAL}\r\nTo: {CONFRERE}\r\n\r\nLigne\rsuite.\r\n".encode()
     async with asyncio.timeout(30):
         code = await asyncio.to_thread(
