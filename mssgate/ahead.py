@@ -10,7 +10,9 @@ otherwise (a refusal, another rewrite, a line starting with a dot, a bare line e
 connection is dropped, the upstream forgets what it had, and the message goes the usual way.
 
 The point is time: a 5 MB message crosses the wire to the upstream while the client is still
-sending it, instead of after.
+sending it, instead of after. Only on the MSSanté route (:func:`mssgate.decide.may_go_ahead`):
+its upstream is inside the trust space. An ordinary upstream gets a message once accepted,
+never the content the rules may yet refuse to let out.
 """
 
 from __future__ import annotations

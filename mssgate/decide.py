@@ -4,7 +4,7 @@ Pure: the same policy, envelope and bytes always give the same decision. The ser
 :func:`check_sender` at MAIL FROM, :func:`check_recipient` at each RCPT TO (so that a mail
 client shows the refusal at once) and, once the message is in, :func:`decide`, in its two
 steps: :func:`draft` (read the message, prepare what each route would be given) and
-:func:`judge` (the message rules), between which the listener may already write upstream.
+:func:`judge` (the message rules on what was read).
 """
 
 from __future__ import annotations
@@ -153,11 +153,8 @@ class Draft:
 
 
 def draft(policy: Policy, envelope: Envelope, raw: bytes) -> Draft:
-    """Read a message and prepare its deliveries (routes, signature), deciding nothing yet.
-
-    The listener may write the deliveries' bytes upstream while :func:`judge` runs: nothing
-    is final before the decision, and the upstream gets no final dot without it.
-    """
+    """Read a message and prepare its deliveries (routes, signature), deciding nothing yet:
+    :func:`judge` runs the rules on the result."""
     message = parse_message(raw)
     tx = build_transaction(policy, envelope, message)
     planned = dict(recipients_by_route(policy, envelope, tx.recipients))
