@@ -823,27 +823,14 @@ def machine() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
 
-    postfix = subprocess.run(
-        ["postconf", "-d", "-h", "mail_version"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    ).stdout.strip()
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", "mssgate"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    ).stdout.strip()
+    def output(*command: str) -> str:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+
+    postfix = output("postconf", "-d", "-h", "mail_version")
+    commit = output("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    dirty = output("git", "-C", str(ROOT), "status", "--porcelain", "--", "mssgate")
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores; memory {mem_gb:.0f} GiB; "
         f"kernel {platform.release()}",

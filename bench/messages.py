@@ -122,6 +122,20 @@ def text_plain(mail_from: str, rcpt_to: str, size: int = 2 * KIB) -> Message:
     return Message(f"text-{size}", mail_from, rcpt_to, data)
 
 
+def _mixed_prefix(headers: list[str], boundary: str, body_type: str, body: str) -> str:
+    """A multipart/mixed message up to its first attachment: the header block, the preamble
+    and the 8-bit body part."""
+    head = [*headers, f'Content-Type: multipart/mixed; boundary="{boundary}"']
+    body_part = (
+        f"--{boundary}\n"
+        f"Content-Type: {body_type}; charset=utf-8\n"
+        "Content-Transfer-Encoding: 8bit\n"
+        "\n"
+        f"{body}\n"
+    )
+    return "\n".join(head) + "\n\nThis is a multi-part message in MIME format.\n" + body_part
+
+
 def html_with_pdf(mail_from: str, rcpt_to: str, size: int = 100 * KIB) -> Message:
     """multipart/mixed: a text/html body and one base64 PDF-looking attachment."""
     boundary = "=_bench_html_pdf_0001"
@@ -131,18 +145,12 @@ def html_with_pdf(mail_from: str, rcpt_to: str, size: int = 100 * KIB) -> Messag
         + "\n".join(f"<p>{p}</p>" for p in paragraphs)
         + "\n<p>Bien confraternellement,</p>\n</body></html>"
     )
-    head = [
-        *_headers(mail_from, rcpt_to, "Compte rendu et résultats", f"html-{size}"),
-        f'Content-Type: multipart/mixed; boundary="{boundary}"',
-    ]
-    body_part = (
-        f"--{boundary}\n"
-        "Content-Type: text/html; charset=utf-8\n"
-        "Content-Transfer-Encoding: 8bit\n"
-        "\n"
-        f"{html}\n"
+    prefix = _mixed_prefix(
+        _headers(mail_from, rcpt_to, "Compte rendu et résultats", f"html-{size}"),
+        boundary,
+        "text/html",
+        html,
     )
-    prefix = "\n".join(head) + "\n\nThis is a multi-part message in MIME format.\n" + body_part
     closing = f"--{boundary}--\n"
     remaining = size - len(prefix.encode()) - len(closing) - 200
     rng = random.Random(100)
@@ -161,18 +169,12 @@ def html_with_pdf(mail_from: str, rcpt_to: str, size: int = 100 * KIB) -> Messag
 def mime_of_size(mail_from: str, rcpt_to: str, size: int) -> Message:
     """multipart/mixed of about ``size`` bytes: text body, a PDF and a JPEG (base64)."""
     boundary = "=_bench_mixed_0002"
-    head = [
-        *_headers(mail_from, rcpt_to, "Imagerie et compte rendu", f"mixed-{size}"),
-        f'Content-Type: multipart/mixed; boundary="{boundary}"',
-    ]
-    body_part = (
-        f"--{boundary}\n"
-        "Content-Type: text/plain; charset=utf-8\n"
-        "Content-Transfer-Encoding: 8bit\n"
-        "\n"
-        f"{_prose(1500)}\n"
+    prefix = _mixed_prefix(
+        _headers(mail_from, rcpt_to, "Imagerie et compte rendu", f"mixed-{size}"),
+        boundary,
+        "text/plain",
+        _prose(1500),
     )
-    prefix = "\n".join(head) + "\n\nThis is a multi-part message in MIME format.\n" + body_part
     closing = f"--{boundary}--\n"
     remaining = size - len(prefix.encode()) - len(closing) - 400
     rng = random.Random(size)

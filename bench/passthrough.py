@@ -24,6 +24,7 @@ from typing import Any
 
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from load import install_uvloop
 
 LOOPBACK = "127.0.0.1"
 HOSTNAME = "passthrough.bench.localdomain"
@@ -98,16 +99,6 @@ class RelayHandler:
         if errors:
             return "451 4.4.3 some recipients refused upstream"
         return f"250 2.0.0 relayed: {reply}"
-
-
-def install_uvloop() -> bool:
-    """Use uvloop's event loop when it is installed."""
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
 
 
 async def serve(port: int, upstream_port: int) -> None:

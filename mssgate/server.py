@@ -24,7 +24,6 @@ import time
 import uuid
 from base64 import b64decode
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Session, syntax
@@ -848,16 +847,14 @@ class GatewayHandler:
         attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
         if envelope.prepared:
             await self._write_ahead(envelope, raw)
+        if envelope.cr_unchecked and has_bare_cr(raw, envelope.cr_unchecked):
+            # (Looked for only now, while the upstream reads what went ahead.) The message is
+            # decided as it will be relayed, every line ending CRLF: what went ahead no longer
+            # matches and is dropped at delivery, without its final dot.
+            raw = normalize_line_endings(raw)
+            envelope.dot_free = False
         try:
-            current = self._envelope(envelope, attempted, login)
-            drafted = self.draft_fn(policy, current, raw)
-            if envelope.cr_unchecked and has_bare_cr(raw, envelope.cr_unchecked):
-                # (Looked for only now, while the upstream reads what went ahead.) The message
-                # is read again as it will be relayed, every line ending CRLF: what went
-                # ahead no longer matches and is dropped at delivery, without its final dot.
-                raw = normalize_line_endings(raw)
-                envelope.dot_free = False
-                drafted = self.draft_fn(policy, replace(current, dot_free=False), raw)
+            drafted = self.draft_fn(policy, self._envelope(envelope, attempted, login), raw)
             decision = self.judge_fn(policy, drafted)
         except Exception:
             log.exception("%s filter failed; message not relayed (451)", session.peer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 from mssgate.config import load_policy_text
 from mssgate.decide import draft, judge
 from mssgate.policy import Policy
-from mssgate.relay import build_relays
+from mssgate.relay import PreparedTransaction, build_relays
 from mssgate.server import DraftFn, Gateway, JudgeFn
 from tests.smtp_peers import LOOPBACK, CaptureUpstream, Received
 
@@ -167,3 +167,18 @@ async def stack() -> AsyncIterator[Stack]:
     """A running gateway with two capture upstreams."""
     async with running_stack() as s:
         yield s
+
+
+@pytest.fixture
+def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The sizes written upstream ahead of a decision (the real method runs; this only shows
+    the path taken)."""
+    sizes: list[int] = []
+    real = PreparedTransaction.send_ahead
+
+    def spy(self: PreparedTransaction, piece: bytes | memoryview) -> None:
+        sizes.append(len(piece))
+        real(self, piece)
+
+    monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
+    yield sizes

@@ -32,7 +32,7 @@ from mssgate.decide import Draft, draft, judge
 from mssgate.holder import PolicyHolder
 from mssgate.model import Envelope, Route
 from mssgate.policy import Policy
-from mssgate.relay import PreparedTransaction, RelayRegistry
+from mssgate.relay import RelayRegistry
 from mssgate.server import DraftFn, Gateway, JudgeFn
 from tests.conftest import make_policy, policy_yaml
 from tests.faulty_upstream import Faults, FaultyUpstream, Stage
@@ -556,20 +556,16 @@ BIG_FAULTS: dict[str, tuple[Faults, int]] = {
 
 @pytest.mark.parametrize("fault", sorted(BIG_FAULTS))
 async def test_big_message_sent_ahead_meets_upstream_faults(
-    ledger: Ledger, case: str, fault: str, monkeypatch: pytest.MonkeyPatch
+    ledger: Ledger,
+    case: str,
+    fault: str,
+    monkeypatch: pytest.MonkeyPatch,
+    sent_ahead: list[int],
 ) -> None:
     """A 1 MB MSSanté message goes upstream while it comes in (mssgate.ahead): whatever the upstream
     does meanwhile, the client is told 250 only for a message delivered once, and anything
     else is delivered nowhere."""
     monkeypatch.setattr(server, "AHEAD_WAIT", 0.05)  # a slow upstream: not waited for long
-    sent_ahead: list[int] = []
-    real = PreparedTransaction.send_ahead
-
-    def spy(self: PreparedTransaction, piece: bytes | memoryview) -> None:
-        sent_ahead.append(len(piece))  # (the real method runs: this shows the path taken)
-        real(self, piece)
-
-    monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
     faults, code = BIG_FAULTS[fault]
     async with fault_stack(ledger, case, mssante=faults, timeout=2.0) as stack:
         _, result, _ = await stack.send(BAL, [CONFRERE], [MSSANTE], size=1_000_000, dots=False)

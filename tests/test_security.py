@@ -505,21 +505,12 @@ async def test_connections_in_total_are_limited(tls: TlsFiles) -> None:
 
 
 async def test_big_message_sent_ahead_over_upstream_starttls(
-    tls: TlsFiles, monkeypatch: pytest.MonkeyPatch
+    tls: TlsFiles, sent_ahead: list[int]
 ) -> None:
     """A big MSSanté message goes upstream while it comes in over the route's TLS session
     too, and arrives exactly as received."""
-    from mssgate.relay import PreparedTransaction
     from tests.test_send_ahead import big_message
 
-    sent_ahead: list[int] = []
-    real = PreparedTransaction.send_ahead
-
-    def spy(self: PreparedTransaction, piece: bytes | memoryview) -> None:
-        sent_ahead.append(len(piece))  # (the real method runs: this shows the path taken)
-        real(self, piece)
-
-    monkeypatch.setattr(PreparedTransaction, "send_ahead", spy)
     sender, rcpt = "a@medecin.mssante.fr", "b@medecin.mssante.fr"
     raw = big_message(sender, rcpt)
 

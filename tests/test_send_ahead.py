@@ -12,13 +12,13 @@ import base64
 import random
 import smtplib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mssgate import ahead, relay
+from mssgate import ahead
 from mssgate.decide import Draft, decide, draft, judge
 from mssgate.model import Action, Decision, Envelope, Verdict
 from mssgate.policy import Policy
@@ -59,20 +59,6 @@ async def bstack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     """The gateway with two capture upstreams, with and without PIPELINING."""
     async with running_stack(pipelining=request.param) as s:
         yield s
-
-
-@pytest.fixture
-def sent_ahead(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """The sizes written ahead (the real method runs; this only shows the path taken)."""
-    sizes: list[int] = []
-    real = relay.PreparedTransaction.send_ahead
-
-    def spy(self: relay.PreparedTransaction, piece: bytes | memoryview) -> None:
-        sizes.append(len(piece))
-        real(self, piece)
-
-    monkeypatch.setattr(relay.PreparedTransaction, "send_ahead", spy)
-    yield sizes
 
 
 def decided(stack: Stack, sender: str, rcpts: list[str], raw: bytes) -> bytes:
