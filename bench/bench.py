@@ -58,6 +58,9 @@ ORDINARY_RCPT = "patient.durand@gmail.com"
 MSSANTE_RCPT = "jean.confrere@medecin.mssante.fr"
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
+LATENCY_ROUNDS = 5
+"""Interleaved latency rounds per size and concurrency (fewer when the counts are small)."""
+
 ROWS = ("sink direct", "pass-through", "Postfix", "mssgate ordinary", "mssgate MSSanté")
 
 
@@ -338,6 +341,8 @@ class Cell:
     """Messages in the throughput measurement (smtp-source)."""
     lat_n: int = 0
     """Transactions timed by the latency client."""
+    lat_rounds: int = 0
+    """Interleaved latency rounds they were timed in (:meth:`Bench.measure_latency`)."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -384,6 +389,7 @@ def load_client(
     cap: float,
     *,
     barrier: bool = False,
+    warmup: int = 0,
 ) -> dict[str, Any]:
     """Run load.py in its own process; its JSON result (``{}`` if it failed)."""
     args = [
@@ -408,6 +414,8 @@ def load_client(
     ]
     if barrier:
         args.append("--barrier")
+    if warmup:
+        args += ["--warmup", str(warmup)]
     proc = procs.start(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=cap + 150)
@@ -547,7 +555,8 @@ class Bench:
     def measure(
         self, target: Target, message_file: Path, sessions: int, plan: tuple[int, int]
     ) -> Cell:
-        """Warm-up, throughput (smtp-source), latency (load.py), memory and CPU of one cell.
+        """Warm-up, throughput (smtp-source), memory and CPU of one cell (its latency is
+        :meth:`measure_latency`'s, with the other rows of its size and concurrency).
 
         The counts are the plan's, reduced when the warm-up shows that the target would need
         more than ``mode.target_s`` seconds for them (never below one message per session):
@@ -599,27 +608,7 @@ class Bench:
                 cell.rate = got / drained_s
                 cell.notes.append(f"throughput capped at {mode.cap:.0f} s ({got}/{tp_count})")
                 self.quiesce()
-            # Latency: load.py, each transaction timed.
-            lat_count = min(plan[1], max(sessions, round(cell.rate * mode.target_s * 0.6)))
-            before = sink.messages
-            result = load_client(self.procs, target, message_file, sessions, lat_count, mode.cap)
-            durations: list[float] = result.get("durations", [])
-            codes = result.get("codes", {})
-            cell.lat_n = len(durations)
-            if durations:
-                cell.p50_ms = percentile(durations, 0.50) * 1000
-                cell.p99_ms = percentile(durations, 0.99) * 1000
-                cell.client_rate = len(durations) / max(result.get("elapsed", 0.0), 1e-9)
-            bad = {c: n for c, n in codes.items() if c != "250"}
-            if result.get("timed_out"):
-                cell.notes.append(f"latency capped at {mode.cap:.0f} s")
-            if bad or not result:
-                cell.notes.append(f"latency client: {len(durations)} ok, codes {bad}")
-            if not sink.wait_for(before + len(durations), mode.cap):
-                cell.notes.append(f"sink got {sink.messages - before}/{len(durations)}")
-            if result.get("timed_out") or not result:
-                self.quiesce()
-        handled = cell.tp_n + cell.lat_n
+        handled = cell.tp_n
         if target.pid is not None:
             cell.rss_mb = proc_status_kb(target.pid, "VmHWM") / 1024
             cell.cpu_ms = (cpu_seconds(target.pid) - cpu_before) * 1000 / max(handled, 1)
@@ -631,6 +620,58 @@ class Bench:
                 f"{watch.largest_name} {watch.largest_hwm_kb / 1024:.0f} MB"
             )
         return cell
+
+    def measure_latency(
+        self, rows: list[tuple[Target, Path, Cell]], sessions: int, plan: tuple[int, int]
+    ) -> None:
+        """p50/p99 of the rows of one size and concurrency, timed by load.py in interleaved
+        rounds: each round runs every row in turn, so that the rows share the machine's
+        quiet and busy moments (on two shared cores, a burst of other work lasting a few
+        milliseconds would otherwise land on one row's p99 and not on the others'). Each
+        row's count comes from its throughput (``0.6 × target_s`` seconds of it, at most the
+        plan's); each round starts its sessions with one untimed message each.
+        """
+        assert self.sink is not None
+        sink = self.sink
+        mode = self.mode
+        counts = [
+            sessions
+            if math.isnan(cell.rate)
+            else min(plan[1], max(sessions, round(cell.rate * mode.target_s * 0.6)))
+            for _, _, cell in rows
+        ]
+        rounds = max(1, min(LATENCY_ROUNDS, min(counts) // (sessions * 20)))
+        durations: list[list[float]] = [[] for _ in rows]
+        elapsed = [0.0] * len(rows)
+        for turn in range(rounds):
+            for index, (target, path, cell) in enumerate(rows):
+                if self.out_of_time(f"latency round {turn + 1} of {target.row}"):
+                    continue
+                share = counts[index] // rounds + (1 if turn < counts[index] % rounds else 0)
+                before = sink.messages
+                result = load_client(
+                    self.procs, target, path, sessions, max(share, sessions), mode.cap, warmup=1
+                )
+                got: list[float] = result.get("durations", [])
+                durations[index] += got
+                elapsed[index] += result.get("elapsed", 0.0)
+                bad = {c: n for c, n in result.get("codes", {}).items() if c != "250"}
+                if result.get("timed_out"):
+                    cell.notes.append(f"latency capped at {mode.cap:.0f} s")
+                if bad or not result:
+                    cell.notes.append(f"latency client: {len(got)} ok, codes {bad}")
+                arrived = before + len(got) + result.get("warmed", 0)
+                if not sink.wait_for(arrived, mode.cap):
+                    cell.notes.append(f"sink got {sink.messages - before}/{arrived - before}")
+                if result.get("timed_out") or not result:
+                    self.quiesce()
+        for (_, _, cell), timed, seconds in zip(rows, durations, elapsed, strict=True):
+            cell.lat_n = len(timed)
+            if timed:
+                cell.p50_ms = percentile(timed, 0.50) * 1000
+                cell.p99_ms = percentile(timed, 0.99) * 1000
+                cell.client_rate = len(timed) / max(seconds, 1e-9)
+            cell.lat_rounds = rounds
 
     def quiesce(self, quiet: float = 1.0, timeout: float = 60.0) -> None:
         """After a capped step: wait until the sink has received nothing for ``quiet`` s."""
@@ -686,19 +727,29 @@ class Bench:
             ]
             cells = self.cells.setdefault(plan.label, [])
             for sessions, counts in plan.counts.items():
+                rows: list[tuple[Target, Path, Cell]] = []
                 for target, path in targets:
                     if self.out_of_time(f"{plan.label} x{sessions} {target.row}"):
                         continue
                     began = time.monotonic()
                     cell = self.measure(target, path, sessions, counts)
                     cells.append(cell)
+                    rows.append((target, path, cell))
                     print(
                         f"{plan.label:>5} x{sessions:<3} {target.row:<17} "
-                        f"{cell.rate:8.1f} msg/s  p50 {cell.p50_ms:8.1f} ms  "
-                        f"p99 {cell.p99_ms:8.1f} ms  ({time.monotonic() - began:.1f} s)"
+                        f"{cell.rate:8.1f} msg/s  ({time.monotonic() - began:.1f} s)"
                         + (f"  [{'; '.join(cell.notes)}]" if cell.notes else ""),
                         file=sys.stderr,
                     )
+                began = time.monotonic()
+                self.measure_latency(rows, sessions, counts)
+                for _, _, cell in rows:
+                    print(
+                        f"{plan.label:>5} x{sessions:<3} {cell.row:<17} "
+                        f"p50 {cell.p50_ms:8.2f} ms  p99 {cell.p99_ms:8.2f} ms",
+                        file=sys.stderr,
+                    )
+                print(f"      latency: {time.monotonic() - began:.1f} s", file=sys.stderr)
             self.procs.stop(gate)
             self.procs.stop(passthrough)
         if self.mode.partial:
@@ -900,12 +951,15 @@ def report(bench: Bench, started: dt.datetime, seconds: float) -> str:
         "(anything above ~1 at the start means other work shared the 2 cores)",
         "- Load: throughput from `smtp-source -F FILE -d -s N -m COUNT` (Postfix's C load "
         "generator), counted at smtp-sink; p50/p99 from `bench/load.py` (Python, uvloop), "
-        "one transaction = MAIL FROM .. final reply to `.`",
+        "one transaction = MAIL FROM .. final reply to `.`; the rows of one size and "
+        "concurrency are timed in interleaved *rounds* (each round runs every row in turn, "
+        "each load.py run starting with one untimed message per session), so that they "
+        "share the machine's quiet and busy moments",
         "- msgs/s: messages arrived at the sink per second (Postfix: until its queue drained); "
         "× pass-through and × Postfix: this row's msgs/s divided by theirs (> 1: faster)",
-        "- peak RSS: VmHWM of the proxy process, reset before each cell (Postfix: peak of the "
-        "summed PSS of all its processes, sampled every 0.2 s); CPU ms/msg: CPU time of the "
-        "proxy (all Postfix processes) per message handled in the cell",
+        "- peak RSS: VmHWM of the proxy process over the throughput step of the cell (Postfix: "
+        "peak of the summed PSS of all its processes, sampled every 0.2 s); CPU ms/msg: CPU "
+        "time of the proxy (all Postfix processes) per message of that step",
     ]
     if bench.postfix_note:
         lines.append(f"- {bench.postfix_note}")
@@ -925,8 +979,8 @@ def report(bench: Bench, started: dt.datetime, seconds: float) -> str:
             f"## {plan.title} ({size:,} bytes on the wire)",
             "",
             "| row | sessions | msgs/s | p50 ms | p99 ms | peak RSS MB | CPU ms/msg "
-            "| × pass-through | × Postfix | load.py msgs/s | n (rate/latency) | notes |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| × pass-through | × Postfix | load.py msgs/s | n (rate/latency) | rounds | notes |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for sessions in plan.counts:
             group = [c for c in cells if c.sessions == sessions]
@@ -937,7 +991,8 @@ def report(bench: Bench, started: dt.datetime, seconds: float) -> str:
                     f"| {c.row} | {c.sessions} | {fmt(c.rate)} | {fmt(c.p50_ms, 2)} "
                     f"| {fmt(c.p99_ms, 2)} | {fmt(c.rss_mb)} | {fmt(c.cpu_ms, 2)} "
                     f"| {ratio(c.rate, ref_pt)} | {ratio(c.rate, ref_pf)} "
-                    f"| {fmt(c.client_rate)} | {c.tp_n}/{c.lat_n} | {'; '.join(c.notes)} |"
+                    f"| {fmt(c.client_rate)} | {c.tp_n}/{c.lat_n} "
+                    f"| {c.lat_rounds} | {'; '.join(c.notes)} |"
                 )
         lines.append("")
     if bench.linear:

@@ -6,10 +6,10 @@ message, ``.``) and times every transaction from the moment ``MAIL FROM`` is wri
 moment the final reply to ``.`` is read. A refused transaction (4xx/5xx at any step) is
 counted by its reply code and followed by ``RSET``. With ``barrier``, every session waits until
 all are connected before the first ``MAIL FROM`` (the memory-budget run: N messages in flight
-at once).
+at once). With ``warmup``, each session first sends that many untimed messages.
 
 Run as ``python bench/load.py --port N --message FILE --mail-from A --rcpt B --sessions S
---count M --json``: the result is one JSON object on stdout (durations in seconds, codes,
+--count M [--warmup W]``: the result is one JSON object on stdout (durations in seconds, codes,
 elapsed). Every wait is bounded: ``--timeout`` per reply, ``--deadline`` for the whole run
 (when it passes, transactions under way are abandoned, ``timed_out`` is true and only the
 transactions that finished are reported).
@@ -50,6 +50,8 @@ class LoadResult:
     """Seconds from the first MAIL FROM (after the barrier, if any) to the last reply."""
     errors: list[str] = field(default_factory=list)
     timed_out: bool = False
+    warmed: int = 0
+    """Untimed transactions accepted first (``warmup`` per session), not in ``codes``."""
 
     @property
     def accepted(self) -> int:
@@ -64,6 +66,7 @@ class LoadResult:
             "elapsed": self.elapsed,
             "errors": self.errors[:20],
             "timed_out": self.timed_out,
+            "warmed": self.warmed,
         }
 
 
@@ -167,8 +170,11 @@ async def run_load(
     timeout: float = 120.0,
     deadline: float = 300.0,
     barrier: bool = False,
+    warmup: int = 0,
 ) -> LoadResult:
-    """Send ``count`` messages over ``sessions`` parallel sessions (shares fixed up front)."""
+    """Send ``count`` messages over ``sessions`` parallel sessions (shares fixed up front),
+    each session first sending ``warmup`` untimed ones (a fresh connection's first
+    transactions are not the steady state the percentiles describe)."""
     result = LoadResult()
     shares = [count // sessions + (1 if i < count % sessions else 0) for i in range(sessions)]
     connected = 0
@@ -192,6 +198,18 @@ async def run_load(
         try:
             if barrier:
                 await asyncio.wait_for(all_connected.wait(), timeout)
+            for _ in range(warmup):
+                try:
+                    code, _ = await session.send(mail_from, rcpt, wire, timeout)
+                except (OSError, TimeoutError, SMTPError) as exc:
+                    result.errors.append(f"warm-up: {exc!r}")
+                    result.codes[getattr(exc, "code", 0)] += share
+                    return
+                if code != 250:
+                    result.errors.append(f"warm-up: {code}")
+                    result.codes[code] += share
+                    return
+                result.warmed += 1
             if not start_box:
                 start_box.append(time.perf_counter())
             for _ in range(share):
@@ -253,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--deadline", type=float, default=300.0)
     parser.add_argument("--barrier", action="store_true")
+    parser.add_argument("--warmup", type=int, default=0, help="untimed messages per session")
     args = parser.parse_args(argv)
     install_uvloop()
     from messages import Message  # a sibling module: this file runs as a script
@@ -270,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=args.timeout,
             deadline=args.deadline,
             barrier=args.barrier,
+            warmup=args.warmup,
         )
     )
     json.dump(result.to_json(), sys.stdout)
