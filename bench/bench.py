@@ -58,7 +58,7 @@ ORDINARY_RCPT = "patient.durand@gmail.com"
 MSSANTE_RCPT = "jean.confrere@medecin.mssante.fr"
 TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
-LATENCY_ROUNDS = 5
+LATENCY_ROUNDS = 10
 """Interleaved latency rounds per size and concurrency (fewer when the counts are small)."""
 
 ROWS = ("sink direct", "pass-through", "Postfix", "mssgate ordinary", "mssgate MSSanté")
@@ -84,7 +84,10 @@ class Mode:
     name: str
     sizes: tuple[SizePlan, ...]
     target_s: float
-    """Seconds one measurement should last: counts are cut to fit it after the warm-up."""
+    """Seconds one throughput measurement should last: counts are cut to fit it after the
+    warm-up."""
+    latency_s: float
+    """Seconds of transactions one row's latency measurement should hold (all its rounds)."""
     cap: float
     """Hard limit in seconds of one measurement (smtp-source or the latency client)."""
     linear: tuple[tuple[int, int], ...]
@@ -99,13 +102,14 @@ class Mode:
 FULL = Mode(
     name="full",
     sizes=(
-        SizePlan("2k", "2 KB text/plain", {1: (20000, 3000), 20: (50000, 5000)}),
+        SizePlan("2k", "2 KB text/plain", {1: (20000, 4000), 20: (50000, 6000)}),
         SizePlan(
-            "100k", "100 KB multipart/mixed (HTML + PDF)", {1: (5000, 1000), 20: (8000, 2000)}
+            "100k", "100 KB multipart/mixed (HTML + PDF)", {1: (5000, 3000), 20: (8000, 3000)}
         ),
         SizePlan("5m", "5 MB multipart/mixed (PDF + JPEG)", {1: (40, 30), 20: (100, 60)}),
     ),
     target_s=4.0,
+    latency_s=3.0,
     cap=60.0,
     linear=((1, 5), (10, 3), (30, 2)),
     budget_sessions=100,
@@ -119,6 +123,7 @@ QUICK = Mode(
         SizePlan("5m", "5 MB multipart/mixed (PDF + JPEG)", {4: (8, 8)}),
     ),
     target_s=1.5,
+    latency_s=0.9,
     cap=15.0,
     linear=((1, 2), (10, 1)),
     budget_sessions=10,
@@ -628,7 +633,7 @@ class Bench:
         rounds: each round runs every row in turn, so that the rows share the machine's
         quiet and busy moments (on two shared cores, a burst of other work lasting a few
         milliseconds would otherwise land on one row's p99 and not on the others'). Each
-        row's count comes from its throughput (``0.6 × target_s`` seconds of it, at most the
+        row's count comes from its throughput (``latency_s`` seconds of it, at most the
         plan's); each round starts its sessions with one untimed message each.
         """
         assert self.sink is not None
@@ -637,7 +642,7 @@ class Bench:
         counts = [
             sessions
             if math.isnan(cell.rate)
-            else min(plan[1], max(sessions, round(cell.rate * mode.target_s * 0.6)))
+            else min(plan[1], max(sessions, round(cell.rate * mode.latency_s)))
             for _, _, cell in rows
         ]
         rounds = max(1, min(LATENCY_ROUNDS, min(counts) // (sessions * 20)))
