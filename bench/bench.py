@@ -630,9 +630,10 @@ class Bench:
         self, rows: list[tuple[Target, Path, Cell]], sessions: int, plan: tuple[int, int]
     ) -> None:
         """p50/p99 of the rows of one size and concurrency, timed by load.py in interleaved
-        rounds: each round runs every row in turn, so that the rows share the machine's
-        quiet and busy moments (on two shared cores, a burst of other work lasting a few
-        milliseconds would otherwise land on one row's p99 and not on the others'). Each
+        rounds: each round runs every row in turn (starting one row further on each time,
+        and letting each row's proxy go quiet before the next), so that the rows share the
+        machine's quiet and busy moments (on two shared cores, a burst of other work lasting
+        a few milliseconds would otherwise land on one row's p99 and not on the others'). Each
         row's count comes from its throughput (``latency_s`` seconds of it, at most the
         plan's); each round starts its sessions with one untimed message each.
         """
@@ -649,7 +650,10 @@ class Bench:
         durations: list[list[float]] = [[] for _ in rows]
         elapsed = [0.0] * len(rows)
         for turn in range(rounds):
-            for index, (target, path, cell) in enumerate(rows):
+            # Each round starts one row further on: no row always follows the same one.
+            order = [(turn + k) % len(rows) for k in range(len(rows))]
+            for index in order:
+                target, path, cell = rows[index]
                 if self.out_of_time(f"latency round {turn + 1} of {target.row}"):
                     continue
                 share = counts[index] // rounds + (1 if turn < counts[index] % rounds else 0)
@@ -670,6 +674,7 @@ class Bench:
                     cell.notes.append(f"sink got {sink.messages - before}/{arrived - before}")
                 if result.get("timed_out") or not result:
                     self.quiesce()
+                self.settle(target)
         for (_, _, cell), timed, seconds in zip(rows, durations, elapsed, strict=True):
             cell.lat_n = len(timed)
             if timed:
@@ -677,6 +682,28 @@ class Bench:
                 cell.p99_ms = percentile(timed, 0.99) * 1000
                 cell.client_rate = len(timed) / max(seconds, 1e-9)
             cell.lat_rounds = rounds
+
+    def settle(self, target: Target, timeout: float = 5.0) -> None:
+        """Wait until ``target`` uses no more processor (its CPU time still for 0.2 s), so that
+        the next row's round does not share the machine with its leftovers (Postfix goes on
+        working after the sink got its messages: queue files removed, its log written)."""
+        if target.postfix is not None:
+            used: Callable[[], float] = self.postfix_cpu
+        elif target.pid is not None:
+            pid = target.pid
+
+            def used() -> float:
+                return cpu_seconds(pid)
+        else:
+            return
+        stop_at = time.monotonic() + timeout
+        last = used()
+        while time.monotonic() < stop_at:
+            time.sleep(0.2)
+            now = used()
+            if now - last < TICK / 2:
+                return
+            last = now
 
     def quiesce(self, quiet: float = 1.0, timeout: float = 60.0) -> None:
         """After a capped step: wait until the sink has received nothing for ``quiet`` s."""
