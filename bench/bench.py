@@ -683,7 +683,7 @@ class Bench:
                 cell.client_rate = len(timed) / max(seconds, 1e-9)
             cell.lat_rounds = rounds
 
-    def settle(self, target: Target, timeout: float = 5.0) -> None:
+    def settle(self, target: Target, timeout: float = 2.0) -> None:
         """Wait until ``target`` uses no more processor (its CPU time still for 0.2 s), so that
         the next row's round does not share the machine with its leftovers (Postfix goes on
         working after the sink got its messages: queue files removed, its log written)."""
