@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import math
@@ -713,10 +714,7 @@ class Bench:
         if target.postfix is not None:
             used: Callable[[], float] = self.postfix_cpu
         elif target.pid is not None:
-            pid = target.pid
-
-            def used() -> float:
-                return cpu_seconds(pid)
+            used = functools.partial(cpu_seconds, target.pid)
         else:
             return
         stop_at = time.monotonic() + timeout

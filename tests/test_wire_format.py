@@ -115,6 +115,20 @@ def _feed(reader: DataReader, chunks: list[bytes]) -> int:
     return -1
 
 
+def _read_cut(
+    reader: DataReader, pieces: list[bytes], cuts: list[int]
+) -> tuple[int, list[bytes], tuple[bytes, bytes, bytes] | None]:
+    """The transfer made of ``pieces``, cut at ``cuts``, fed to ``reader``: (chunks it took,
+    the chunks, what a reading of the whole finds). With no end of data in the transfer, the
+    reader must not have found one."""
+    data, chunks = _cut(pieces, cuts)
+    last = _feed(reader, chunks)
+    expected = _reference(data)
+    if expected is None:
+        assert last == -1 and not reader.done
+    return last, chunks, expected
+
+
 @given(
     st.lists(st.sampled_from(_PIECES), max_size=40),
     st.lists(st.integers(min_value=0, max_value=400), max_size=8),
@@ -124,12 +138,9 @@ def test_data_reader_agrees_with_the_whole_transfer_read_at_once(
 ) -> None:
     """However the network cuts the transfer, the reader finds the same end of data, message
     and next command as a reading of the whole at once."""
-    data, chunks = _cut(pieces, cuts)
     reader = DataReader()
-    last = _feed(reader, chunks)
-    expected = _reference(data)
+    last, chunks, expected = _read_cut(reader, pieces, cuts)
     if expected is None:
-        assert last == -1 and not reader.done
         return
     message, after, wire = expected
     assert last >= 0
@@ -156,12 +167,9 @@ def test_data_reader_leaving_bare_crs_to_the_caller(
     """``cr_from``: the same end of data and next command; the message is the same once
     the caller made its bare CRs CRLF (:func:`has_bare_cr` on the unchecked beginning says
     when that is needed, the reader for the rest)."""
-    data, chunks = _cut(pieces, cuts)
     reader = DataReader(cr_from=cr_from)
-    last = _feed(reader, chunks)
-    expected = _reference(data)
+    last, chunks, expected = _read_cut(reader, pieces, cuts)
     if expected is None:
-        assert last == -1 and not reader.done
         return
     message, after, _ = expected
     content = reader.message()
