@@ -14,8 +14,7 @@ import asyncio
 import email
 import email.policy
 import smtplib
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pytest
 from tests.conftest import Stack, running_stack
 from tests.messages import message
 from tests.postfix_instance import PostfixInstance, available
-from tests.smtp_peers import LOOPBACK, have
+from tests.smtp_peers import LOOPBACK, have, wait_for
 from tests.test_security import (
     BAL,
     CABINET_BAL,
@@ -40,16 +39,6 @@ GMAIL = "ami@gmail.com"
 DR_MARTIN = "dr.martin@cabinet-gare.fr"
 
 pytestmark = pytest.mark.external
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    """Poll ``condition`` while the loop serves the gateway; True once it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await asyncio.sleep(0.1)
-    return condition()
 
 
 # =============================================================================================
