@@ -61,14 +61,21 @@ def _first_verdict(rules: tuple[Rule, ...], policy: Policy, tx: Transaction) -> 
 
 def check_sender(policy: Policy, mail_from: str, auth_user: str | None = None) -> Verdict | None:
     """The refusal of a MAIL FROM address, or None when it may go on."""
+    key = ("sender", mail_from, auth_user)
+    if key in policy.memo:
+        return policy.memo[key]  # type: ignore[return-value]
     tx = build_transaction(policy, Envelope(mail_from=mail_from, rcpt_tos=(), auth_user=auth_user))
-    return _first_verdict(SENDER_RULES, policy, tx)
+    return policy.remembered(key, _first_verdict(SENDER_RULES, policy, tx))
 
 
 def check_recipient(policy: Policy, envelope: Envelope, rcpt: str) -> Verdict | None:
     """The refusal of one more RCPT TO, given the recipients already accepted."""
-    tx = build_transaction(policy, replace(envelope, rcpt_tos=(*envelope.rcpt_tos, rcpt)))
-    return _first_verdict(ENVELOPE_RULES, policy, tx)
+    checked = replace(envelope, rcpt_tos=(*envelope.rcpt_tos, rcpt), dot_free=False)
+    key = ("recipients", checked)
+    if key in policy.memo:
+        return policy.memo[key]  # type: ignore[return-value]
+    tx = build_transaction(policy, checked)
+    return policy.remembered(key, _first_verdict(ENVELOPE_RULES, policy, tx))
 
 
 def route_of(policy: Policy, address: str) -> Route:

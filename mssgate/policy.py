@@ -11,12 +11,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from mssgate.classify import DomainSets, classify_address, normalize_domain
 from mssgate.model import AddressClass, Classification, Route
 from mssgate.schema import PolicyDocument, RouteConfig
 
 Location = tuple[str | int, ...]
+_T = TypeVar("_T")
+MEMO_SIZE = 4096
+"""Answers a policy keeps (:meth:`Policy.remembered`): a structure's senders and usual
+recipients, many times over."""
 
 
 class PolicyError(ValueError):
@@ -63,6 +68,8 @@ class Policy:
     """Lower-cased MSSanté sender -> MSSanté addresses that get a copy of what it sends."""
     users: Mapping[str, UserAccount] = field(default_factory=lambda: MappingProxyType({}))
     """Login -> account."""
+    memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
+    """Answers of pure functions of this policy already computed (:meth:`remembered`)."""
 
     def route_configs(self) -> dict[Route, RouteConfig]:
         """Each route's configuration, keyed by route."""
@@ -71,7 +78,20 @@ class Policy:
 
     def classify(self, address: str) -> Classification:
         """Classify one address with this policy's domain lists."""
-        return classify_address(address, self.domains)
+        found = self.memo.get(address)
+        if found is None:
+            found = self.remembered(address, classify_address(address, self.domains))
+        assert isinstance(found, Classification)
+        return found
+
+    def remembered(self, key: object, answer: _T) -> _T:
+        """Keep ``answer`` under ``key`` (what a pure function of this policy gave for its
+        arguments: the same senders and recipients come back message after message), and
+        return it. The memory is bounded: it is emptied when full."""
+        if len(self.memo) >= MEMO_SIZE:
+            self.memo.clear()
+        self.memo[key] = answer
+        return answer
 
     def profile_for(self, *senders: str) -> SenderProfile | None:
         """The signature profile of the first sender address the policy knows."""

@@ -49,7 +49,7 @@ from mssgate.privacy import pseudonymise
 from mssgate.relay import PreparedTransaction, Relay, RelayFailure, SmtpRelay, discard, opened
 from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
-from mssgate.wire import DataReader, has_bare_cr, longest_header_line, normalize_line_endings
+from mssgate.wire import DataReader, longest_header_line
 
 log = logging.getLogger("mssgate.server")
 
@@ -66,9 +66,6 @@ ONE_ROUTE = "one_route_per_message"
 AHEAD_MAX_TRANSFERS = 2
 """The upstream transaction is opened, and big messages sent, ahead (see :mod:`mssgate.ahead`)
 only with at most this many DATA transfers under way."""
-CR_LATER = 256 * 1024
-"""Bare CRs are looked for after the message went ahead in its first bytes up to this many
-(a small message's whole), and as it comes in past them (a big message's end would wait)."""
 AHEAD_WAIT = 1.0
 """Seconds the client may be held while the upstream opens, for a message to go ahead."""
 _PUSH_BUFFER = 64 * 1024
@@ -102,8 +99,6 @@ class TransactionState(SmtpEnvelope):
         self.tempfailed: list[str] = []
         self.dot_free = False
         """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
-        self.cr_unchecked = 0
-        """The message's first bytes, not looked at yet for bare CRs."""
         self.prepared: dict[Route, asyncio.Task[PreparedTransaction]] = {}
         """Upstream transactions opened while the message comes in (see ``prepare``)."""
 
@@ -415,9 +410,7 @@ class GatewaySMTP(SMTP):
         if self.budget.full():
             await self.push(smtp_reply(452, "4.3.1", messages.busy))
             return
-        # In a message's first bytes, bare CRs are looked for once it went ahead
-        # (GatewayHandler._data): off the path of a small message, not at the end of a big one.
-        reader = DataReader(self.data_size_limit or 0, cr_from=CR_LATER)
+        reader = DataReader(self.data_size_limit or 0)
         transaction = self.envelope
         try:
             done = self._start_transfer(reader)
@@ -439,7 +432,6 @@ class GatewaySMTP(SMTP):
             self.envelope.original_content = content
             if isinstance(self.envelope, TransactionState):
                 self.envelope.dot_free = reader.dot_free
-                self.envelope.cr_unchecked = reader.cr_unchecked
             status = await self._call_handler_hook("DATA")
         finally:
             self._end_transfer()
@@ -847,12 +839,6 @@ class GatewayHandler:
         attempted = [*envelope.rcpt_tos, *envelope.refused, *envelope.tempfailed]
         if envelope.prepared:
             await self._write_ahead(envelope, raw)
-        if envelope.cr_unchecked and has_bare_cr(raw, envelope.cr_unchecked):
-            # (Looked for only now, while the upstream reads what went ahead.) The message is
-            # decided as it will be relayed, every line ending CRLF: what went ahead no longer
-            # matches and is dropped at delivery, without its final dot.
-            raw = normalize_line_endings(raw)
-            envelope.dot_free = False
         try:
             drafted = self.draft_fn(policy, self._envelope(envelope, attempted, login), raw)
             decision = self.judge_fn(policy, drafted)

@@ -344,9 +344,9 @@ async def test_final_dot_alone_after_the_whole_message_went_ahead(
     assert received.data == raw
 
 
-async def test_bare_cr_found_after_going_ahead(bstack: Stack, sent_ahead: list[int]) -> None:
-    """Bare CRs are looked for once a message went ahead, on the MSSanté route: an innocent
-    one is relayed made CRLF, once. A message for the ordinary route smuggling a forward of
+async def test_bare_cr_found_as_the_message_comes_in(bstack: Stack, sent_ahead: list[int]) -> None:
+    """Bare CRs are looked for as the message comes in: an innocent one on the MSSanté route
+    is relayed made CRLF, once. A message for the ordinary route smuggling a forward of
     MSSanté content behind bare CRs is refused, and nothing of it reached that upstream."""
     smuggled = (
         f"From: {DR}\r\nTo: {GMAIL}\r\nSubject: Fwd\r\nMIME-Version: 1.0\r\n"
@@ -371,18 +371,18 @@ async def test_bare_cr_found_after_going_ahead(bstack: Stack, sent_ahead: list[i
             _send_paced, bstack.port, BAL, CONFRERE, innocent + b".\r\n", 0.05
         )
     assert code == 250
-    assert sent_ahead
     (received,) = bstack.mssante.received
     assert received.data == innocent.replace(b"Ligne\rsuite", b"Ligne\r\nsuite")
 
 
-async def test_big_message_with_an_early_bare_cr(bstack: Stack, sent_ahead: list[int]) -> None:
-    """A bare CR in a big message's first bytes (looked for once the message is in) while its
-    end went ahead as it came: the upstream gets the message made CRLF, once."""
-    raw = big_message(BAL, CONFRERE).replace(b"ci-joint.\r\n", b"ci-\rjoint.\r\n")
+async def test_big_message_with_a_late_bare_cr(bstack: Stack, sent_ahead: list[int]) -> None:
+    """A bare CR at the end of a big message whose beginning already went ahead: nothing
+    more goes ahead, and the upstream gets the message made CRLF, once."""
+    raw = big_message(BAL, CONFRERE, tail_text="Fin du\rcompte rendu.\r\n")
     async with asyncio.timeout(30):
         code = await asyncio.to_thread(_send_paced, bstack.port, BAL, CONFRERE, raw + b".\r\n", 0)
     assert code == 250
     assert sent_ahead
     (received,) = bstack.mssante.received
-    assert received.data == raw.replace(b"ci-\rjoint", b"ci-\r\njoint")
+    assert sum(sent_ahead) < len(raw)
+    assert received.data == raw.replace(b"du\rcompte", b"du\r\ncompte")

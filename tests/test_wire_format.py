@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given
@@ -12,7 +13,7 @@ from mssgate.wire import (
     DataReader,
     dot_stuff,
     dot_stuffed,
-    has_bare_cr,
+    is_crlf_only,
     normalize_line_endings,
 )
 
@@ -156,31 +157,10 @@ def test_data_reader_agrees_with_the_whole_transfer_read_at_once(
         assert not reader.crlf_only and not reader.dot_free
 
 
-@given(
-    st.lists(st.sampled_from(_PIECES), max_size=40),
-    st.lists(st.integers(min_value=0, max_value=400), max_size=8),
-    st.integers(min_value=0, max_value=500),
-)
-def test_data_reader_leaving_bare_crs_to_the_caller(
-    pieces: list[bytes], cuts: list[int], cr_from: int
-) -> None:
-    """``cr_from``: the same end of data and next command; the message is the same once
-    the caller made its bare CRs CRLF (:func:`has_bare_cr` on the unchecked beginning says
-    when that is needed, the reader for the rest)."""
-    reader = DataReader(cr_from=cr_from)
-    last, chunks, expected = _read_cut(reader, pieces, cuts)
-    if expected is None:
-        return
-    message, after, _ = expected
-    content = reader.message()
-    assert reader.leftover + b"".join(chunks[last + 1 :]) == after
-    found_later = has_bare_cr(content, reader.cr_unchecked)
-    made_crlf = normalize_line_endings(content) if found_later else content
-    assert made_crlf == message
-    if reader.crlf_only and not found_later:
-        assert not has_bare_cr(content)  # nothing missed: neither half saw one
-    if reader.dot_free:
-        assert b"\r\n." not in b"\r\n" + content
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b"\n\r"]), max_size=30))
+def test_is_crlf_only_agrees_with_a_regular_expression(pieces: list[bytes]) -> None:
+    content = b"".join(pieces)
+    assert is_crlf_only(content) == (re.search(rb"\r(?!\n)|(?<!\r)\n", content) is None)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 64, 65536])
