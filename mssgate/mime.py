@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from typing import NamedTuple
 
+import stringzilla as sz
+
 __all__ = [
     "ForwardOrigin",
     "Params",
@@ -570,7 +572,7 @@ def _parse_multipart(
     # whole delimiter line: at a line start, then only "--", blanks and a line end.
     pos = start
     while True:
-        at = raw.find(needle, pos, end)
+        at = sz.find(raw, needle, pos, end)
         if at < 0:
             break
         pos = at + 1
@@ -1328,8 +1330,22 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
 _BODY_CLOSE_RE = re.compile(rb"</body\s*>", re.IGNORECASE)
 
 
+_TAG_ENDS_LOOKED_AT = 16
+"""Closing tags looked at from the end for ``</body>`` before lowering the whole HTML."""
+
+
 def _last_body_close(html: bytes) -> int:
     """Where the last ``</body>`` tag (any case, blanks before ``>``) starts, or -1."""
+    # Nearly always among the last closing tags (before ``</html>``): looked for there first.
+    at = len(html)
+    for _ in range(_TAG_ENDS_LOOKED_AT):
+        at = html.rfind(b"</", 0, at)
+        if at < 0:
+            return -1
+        if html[at + 2 : at + 6].lower() == b"body":
+            if _BODY_CLOSE_RE.match(html, at):
+                return at
+            break  # (a "</bodyx": the slow way)
     lowered = html.lower()
     at = lowered.rfind(b"</body")
     if at >= 0 and _BODY_CLOSE_RE.match(html, at):
