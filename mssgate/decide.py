@@ -133,6 +133,9 @@ def recipients_by_route(
     route's recipients with the sender's copies, then the ordinary route's. Depends on the
     envelope alone, so the listener can open the upstream transaction while the message is
     still coming in (:func:`decide` uses the same answer)."""
+    key = ("routes", envelope.mail_from, envelope.rcpt_tos)
+    if key in policy.memo:
+        return policy.memo[key]  # type: ignore[return-value]
     if classified is None:
         classified = tuple(policy.classify(r) for r in envelope.rcpt_tos)
     pairs = tuple(zip(classified, envelope.rcpt_tos, strict=True))
@@ -145,7 +148,7 @@ def recipients_by_route(
         plan.append((Route.MSSANTE, inside + tuple(c for c in extra if c not in known)))
     if outside:
         plan.append((Route.ORDINARY, outside))
-    return tuple(plan)
+    return policy.remembered(key, tuple(plan))
 
 
 @dataclass(frozen=True, slots=True)

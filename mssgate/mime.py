@@ -219,6 +219,12 @@ def _raw_fields(raw: bytes, start: int, end: int) -> list[_RawField]:
     """The header fields in ``raw[start:end]``, which holds only field and continuation lines."""
     out: list[_RawField] = []
     pos = start
+    for m in _FIELD_RE.finditer(raw, start, end):
+        if m.start() != pos:
+            break  # (a stray continuation line: read from there one line at a time)
+        # (A field name is printable ASCII.)
+        out.append(_RawField(m.group(1).decode("ascii"), m.group(2), pos, m.end()))
+        pos = m.end()
     while pos < end:
         m = _FIELD_RE.match(raw, pos, end)
         if m is None:  # a stray continuation line before the first field
@@ -413,9 +419,13 @@ def _read_head(raw: bytes, start: int, end: int, default_type: str) -> _Head:
     defects: list[str] = []
     unfolded = [(f.name, _unfold(f.value)) for f in _raw_fields(raw, start, end)]
     headers = tuple((name, _decode_2047(value)) for name, value in unfolded)
-    first: dict[str, str] = {}
-    for name, value in unfolded:
-        first.setdefault(name.lower(), value)
+    first: dict[str, str] = {}  # (undecoded values)
+    first_decoded: dict[str, str] = {}
+    for (name, value), (_, decoded) in zip(unfolded, headers, strict=True):
+        lname = name.lower()
+        if lname not in first:
+            first[lname] = value
+            first_decoded[lname] = decoded
 
     ct_value = first.get("content-type")
     content_type = default_type
@@ -452,7 +462,7 @@ def _read_head(raw: bytes, start: int, end: int, default_type: str) -> _Head:
         filename,
         transfer_encoding,
         headers,
-        _first_values(headers),
+        first_decoded,
         unfolded,
         tuple(defects),
     )
