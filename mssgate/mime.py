@@ -219,12 +219,12 @@ def _raw_fields(raw: bytes, start: int, end: int) -> list[_RawField]:
     """The header fields in ``raw[start:end]``, which holds only field and continuation lines."""
     out: list[_RawField] = []
     pos = start
-    for m in _FIELD_RE.finditer(raw, start, end):
-        if m.start() != pos:
+    for found in _FIELD_RE.finditer(raw, start, end):
+        if found.start() != pos:
             break  # (a stray continuation line: read from there one line at a time)
         # (A field name is printable ASCII.)
-        out.append(_RawField(m.group(1).decode("ascii"), m.group(2), pos, m.end()))
-        pos = m.end()
+        out.append(_RawField(found.group(1).decode("ascii"), found.group(2), pos, found.end()))
+        pos = found.end()
     while pos < end:
         m = _FIELD_RE.match(raw, pos, end)
         if m is None:  # a stray continuation line before the first field
