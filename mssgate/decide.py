@@ -70,11 +70,11 @@ def check_sender(policy: Policy, mail_from: str, auth_user: str | None = None) -
 
 def check_recipient(policy: Policy, envelope: Envelope, rcpt: str) -> Verdict | None:
     """The refusal of one more RCPT TO, given the recipients already accepted."""
-    checked = replace(envelope, rcpt_tos=(*envelope.rcpt_tos, rcpt), dot_free=False)
-    key = ("recipients", checked)
+    rcpt_tos = (*envelope.rcpt_tos, rcpt)
+    key = ("recipients", envelope.mail_from, rcpt_tos, envelope.auth_user, envelope.mail_options)
     if key in policy.memo:
         return policy.memo[key]  # type: ignore[return-value]
-    tx = build_transaction(policy, checked)
+    tx = build_transaction(policy, replace(envelope, rcpt_tos=rcpt_tos))
     return policy.remembered(key, _first_verdict(ENVELOPE_RULES, policy, tx))
 
 
