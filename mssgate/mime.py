@@ -550,13 +550,6 @@ def _parse_entity(
     )
 
 
-def _first_values(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    first: dict[str, str] = {}
-    for name, value in headers:
-        first.setdefault(name.lower(), value)
-    return first
-
-
 _DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*\r?(?=\n|\Z)")
 
 
@@ -1018,6 +1011,10 @@ def has_mssante_markers(msg: ParsedMessage) -> bool:
     for part in walk(msg.root):
         if part.filename is not None and part.filename.strip().lower() == "ihe_xdm.zip":
             return True
+        if part.first_values or not part.headers:
+            if "x-mss-codecda" in part.first_values or "x-mss-ins" in part.first_values:
+                return True
+            continue
         for name, _ in part.headers:
             if name.lower() in ("x-mss-codecda", "x-mss-ins"):
                 return True
