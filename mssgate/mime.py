@@ -1370,12 +1370,16 @@ def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) 
     enc_codec = "ascii" if cte == "7bit" else codec
     frag_bytes = frag.encode(enc_codec, "xmlcharrefreplace")
     pos = _last_body_close(decoded)
-    if pos >= 0:
-        new_decoded = decoded[:pos] + frag_bytes + decoded[pos:]
+    if pos < 0:
+        pos = len(decoded)
+        if decoded and not decoded.endswith(b"\n"):
+            frag_bytes = le + frag_bytes
+    if cte in ("7bit", "8bit", "binary"):
+        # The body is its own decoded form: the fragment is inserted, nothing else is copied.
+        edits.replace(part.body_start + pos, part.body_start + pos, frag_bytes)
     else:
-        sep = b"" if not decoded or decoded.endswith(b"\n") else le
-        new_decoded = decoded + sep + frag_bytes
-    edits.replace(part.body_start, part.body_end, _encode_body(tb, new_decoded, cte))
+        new_decoded = decoded[:pos] + frag_bytes + decoded[pos:]
+        edits.replace(part.body_start, part.body_end, _encode_body(tb, new_decoded, cte))
     _set_part_headers(msg, part, edits, charset=None, cte=None)
 
 
