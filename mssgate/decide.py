@@ -49,13 +49,57 @@ MESSAGE_RULES: tuple[Rule, ...] = (
 )
 
 
+ADDRESS_ONLY_RULES: frozenset[Rule] = frozenset(
+    {
+        check_syntax,
+        check_sender_authorization,
+        check_lookalikes,
+        check_patient_addresses,
+        check_mixed_recipients,
+        check_trust_space,
+    }
+)
+"""The message rules that read the addresses alone (envelope, header From, To and Cc), never
+the message's content: their answers for the same addresses are the policy's to remember."""
+
+
+def _tagged(policy: Policy, verdict: Verdict) -> Verdict:
+    """The refusal's text followed by the rule's name (for IT's support)."""
+    tag = render(policy.document.messages.rule_tag, rule=verdict.rule)
+    return replace(verdict, reply=verdict.reply + tag)
+
+
 def _first_verdict(rules: tuple[Rule, ...], policy: Policy, tx: Transaction) -> Verdict | None:
-    """The first rule's refusal, its text followed by the rule's name (for IT's support)."""
+    """The first rule's refusal, tagged with the rule's name."""
     for rule in rules:
         verdict = rule(policy, tx)
         if verdict is not None:
-            tag = render(policy.document.messages.rule_tag, rule=verdict.rule)
-            return replace(verdict, reply=verdict.reply + tag)
+            return _tagged(policy, verdict)
+    return None
+
+
+def _message_verdict(policy: Policy, tx: Transaction) -> Verdict | None:
+    """:data:`MESSAGE_RULES` in their order, as :func:`_first_verdict`; the answers of the
+    :data:`ADDRESS_ONLY_RULES` come from the policy's memory when these addresses were seen."""
+    envelope = tx.envelope
+    key = (
+        "message addresses",
+        envelope.mail_from,
+        envelope.rcpt_tos,
+        envelope.auth_user,
+        envelope.mail_options,
+        tuple(c.address for c in tx.header_from),
+        tuple(c.address for c in tx.visible),
+    )
+    known = policy.memo.get(key)
+    if not isinstance(known, dict):
+        known = policy.remembered(
+            key, {rule: rule(policy, tx) for rule in MESSAGE_RULES if rule in ADDRESS_ONLY_RULES}
+        )
+    for rule in MESSAGE_RULES:
+        verdict = known[rule] if rule in known else rule(policy, tx)
+        if verdict is not None:
+            return _tagged(policy, verdict)
     return None
 
 
@@ -192,7 +236,7 @@ def draft(policy: Policy, envelope: Envelope, raw: bytes) -> Draft:
 def judge(policy: Policy, drafted: Draft) -> Decision:
     """Run the message rules: refuse, or accept with the drafted deliveries."""
     tx = drafted.tx
-    verdict = _first_verdict(MESSAGE_RULES, policy, tx)
+    verdict = _message_verdict(policy, tx)
     if verdict is not None:
         return Decision.refuse(verdict, recipients=tx.recipients, message_id=drafted.message_id)
     routes = " + ".join(d.route.value for d in drafted.deliveries)

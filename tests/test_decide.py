@@ -413,3 +413,21 @@ def test_deliveries_are_dot_free_only_when_the_listener_said_so(policy: Policy) 
     signed = decide(policy, Envelope(DR_MARTIN, (GMAIL,), dot_free=True), _msg(DR_MARTIN, (GMAIL,)))
     assert signed.signature_added and signed.deliveries[0].dot_free
     assert b"\r\n." not in signed.deliveries[0].message
+
+
+def test_remembered_address_verdicts_never_hide_a_content_rule(policy: Policy) -> None:
+    """The policy remembers what the address rules said of these addresses; the rules that
+    read the content run on every message, in their place in the order."""
+    envelope = Envelope(mail_from=DR_MARTIN, rcpt_tos=(GMAIL,))
+    plain = message(DR_MARTIN, GMAIL)
+    forward = forwarded_attachment(DR_MARTIN, GMAIL, CONFRERE)
+    for _ in range(2):
+        assert decide(policy, envelope, plain).action is Action.ACCEPT
+        refused = decide(policy, envelope, forward)
+        assert refused.action is Action.REJECT and refused.rule == "forwards"
+    # A refusal of the addresses comes first, from the memory as the first time.
+    mixed = Envelope(mail_from=DR_MARTIN, rcpt_tos=(GMAIL, CONFRERE))
+    first = decide(policy, mixed, forwarded_attachment(DR_MARTIN, f"{GMAIL}, {CONFRERE}", CONFRERE))
+    again = decide(policy, mixed, forwarded_attachment(DR_MARTIN, f"{GMAIL}, {CONFRERE}", CONFRERE))
+    assert first.rule == again.rule == "mixed_recipients"
+    assert first.reply == again.reply
