@@ -695,6 +695,13 @@ def _text_codec(charset: str | None) -> str | None:
     name = charset.strip().strip('"').lower()
     if not name or len(name) > 64:
         return None
+    return _codec_named(name)
+
+
+@functools.lru_cache(maxsize=256)
+def _codec_named(name: str) -> str | None:
+    """:func:`_text_codec` of a charset name already stripped and lowered (at most 64
+    characters): a message names the same few charsets again and again."""
     try:
         info = codecs.lookup(name)
     except (LookupError, ValueError, TypeError):
@@ -1166,6 +1173,7 @@ def _detect_le(data: bytes, default: bytes) -> bytes:
     return b"\r\n" if nl > 0 and data[nl - 1 : nl] == b"\r" else b"\n"
 
 
+@functools.lru_cache(maxsize=64)
 def _ascii_compatible(codec: str) -> bool:
     try:
         return "a\r\n=".encode(codec) == b"a\r\n=" and b"a\r\n=".decode(codec) == "a\r\n="
