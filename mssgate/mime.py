@@ -248,10 +248,38 @@ def _bytes_to_str(data: bytes) -> str:
 
 
 def _unfold(value: bytes) -> str:
-    text = _bytes_to_str(value)
+    return _unfold_text(_bytes_to_str(value))
+
+
+def _unfold_text(text: str) -> str:
     if text.count("\n") > 1 or not text.endswith("\n"):
         text = _UNFOLD_RE.sub("", text)  # folded (or unusual): the full treatment
     return text.strip()
+
+
+_FIELD_TEXT_RE = re.compile(_FIELD_RE.pattern.decode("ascii"))
+""":data:`_FIELD_RE` on the decoded header block (UTF-8 never puts an ASCII byte inside a
+character: the fields are where they are in the bytes)."""
+
+
+def _unfolded_fields(raw: bytes, start: int, end: int) -> list[tuple[str, str]]:
+    """(name, unfolded value) of each header field in ``raw[start:end]``: the block decoded
+    at once when it is UTF-8 and made only of fields (nearly always), else field by field."""
+    try:
+        text: str | None = raw[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        pairs: list[tuple[str, str]] = []
+        pos = 0
+        for found in _FIELD_TEXT_RE.finditer(text):
+            if found.start() != pos:
+                break
+            pairs.append((found.group(1), _unfold_text(found.group(2))))
+            pos = found.end()
+        if pos == len(text):
+            return pairs
+    return [(f.name, _unfold(f.value)) for f in _raw_fields(raw, start, end)]
 
 
 _ENCODED_WORD_RE = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
@@ -417,7 +445,7 @@ class _Head(NamedTuple):
 def _read_head(raw: bytes, start: int, end: int, default_type: str) -> _Head:
     """Read the header fields in ``raw[start:end]``."""
     defects: list[str] = []
-    unfolded = [(f.name, _unfold(f.value)) for f in _raw_fields(raw, start, end)]
+    unfolded = _unfolded_fields(raw, start, end)
     headers = tuple((name, _decode_2047(value)) for name, value in unfolded)
     first: dict[str, str] = {}  # (undecoded values)
     first_decoded: dict[str, str] = {}

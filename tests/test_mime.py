@@ -1491,3 +1491,27 @@ def test_empty_charset_parameter_gets_its_value_on_the_same_line() -> None:
     assert b"Content-Type: text/plain; charset=utf-8\r\n" in result.message
     assert b"\r\nContent-Transfer-Encoding: quoted-printable\r\n" in result.message
     _exercise(raw)
+
+
+_HEADER_PIECES = [
+    b"Subject: Compte rendu\r\n",
+    "Subject: r\u00e9sultats\r\n".encode(),
+    b"Subject: r\xe9sultats latin-1\r\n",
+    b"To: a@b.fr,\r\n c@d.fr\r\n",
+    b" stray continuation\r\n",
+    b"X-Folded:\r\n\tvalue\r\n",
+    b"From:a@b.fr\n",
+    b"Broken line without colon\r\n",
+    b"X-Empty:\r\n",
+    b"Name \t: spaced\r\n",
+]
+
+
+@given(st.lists(st.sampled_from(_HEADER_PIECES), max_size=12))
+def test_header_block_read_at_once_agrees_with_field_by_field(pieces: list[bytes]) -> None:
+    """The fast reading of a header block (decoded at once) gives what the reading field by
+    field gives, whatever the block holds (8-bit bytes, stray lines, folds)."""
+    block = b"".join(pieces)
+    slow = [(f.name, mime._unfold(f.value)) for f in mime._raw_fields(block, 0, len(block))]
+    assert mime._unfolded_fields(block, 0, len(block)) == slow
+    assert mime._unfolded_fields(b"xx" + block, 2, 2 + len(block)) == slow
