@@ -49,18 +49,10 @@ MESSAGE_RULES: tuple[Rule, ...] = (
 )
 
 
-ADDRESS_ONLY_RULES: frozenset[Rule] = frozenset(
-    {
-        check_syntax,
-        check_sender_authorization,
-        check_lookalikes,
-        check_patient_addresses,
-        check_mixed_recipients,
-        check_trust_space,
-    }
-)
+ADDRESS_ONLY_RULES: frozenset[Rule] = frozenset(ENVELOPE_RULES)
 """The message rules that read the addresses alone (envelope, header From, To and Cc), never
-the message's content: their answers for the same addresses are the policy's to remember."""
+the message's content (the envelope rules, which also run at RCPT): their answers for the
+same addresses are the policy's to remember."""
 
 
 def _tagged(policy: Policy, verdict: Verdict) -> Verdict:
