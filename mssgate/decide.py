@@ -83,11 +83,7 @@ def _message_verdict(policy: Policy, tx: Transaction) -> Verdict | None:
         tuple(c.address for c in tx.header_from),
         tuple(c.address for c in tx.visible),
     )
-    known = policy.memo.get(key)
-    if not isinstance(known, dict):
-        known = policy.remembered(
-            key, {rule: rule(policy, tx) for rule in MESSAGE_RULES if rule in ADDRESS_ONLY_RULES}
-        )
+    known = policy.recall(key, lambda: {rule: rule(policy, tx) for rule in ADDRESS_ONLY_RULES})
     for rule in MESSAGE_RULES:
         verdict = known[rule] if rule in known else rule(policy, tx)
         if verdict is not None:
@@ -97,21 +93,23 @@ def _message_verdict(policy: Policy, tx: Transaction) -> Verdict | None:
 
 def check_sender(policy: Policy, mail_from: str, auth_user: str | None = None) -> Verdict | None:
     """The refusal of a MAIL FROM address, or None when it may go on."""
-    key = ("sender", mail_from, auth_user)
-    if key in policy.memo:
-        return policy.memo[key]  # type: ignore[return-value]
-    tx = build_transaction(policy, Envelope(mail_from=mail_from, rcpt_tos=(), auth_user=auth_user))
-    return policy.remembered(key, _first_verdict(SENDER_RULES, policy, tx))
+    envelope = Envelope(mail_from=mail_from, rcpt_tos=(), auth_user=auth_user)
+    return policy.recall(
+        ("sender", mail_from, auth_user),
+        lambda: _first_verdict(SENDER_RULES, policy, build_transaction(policy, envelope)),
+    )
 
 
 def check_recipient(policy: Policy, envelope: Envelope, rcpt: str) -> Verdict | None:
     """The refusal of one more RCPT TO, given the recipients already accepted."""
     rcpt_tos = (*envelope.rcpt_tos, rcpt)
     key = ("recipients", envelope.mail_from, rcpt_tos, envelope.auth_user, envelope.mail_options)
-    if key in policy.memo:
-        return policy.memo[key]  # type: ignore[return-value]
-    tx = build_transaction(policy, replace(envelope, rcpt_tos=rcpt_tos))
-    return policy.remembered(key, _first_verdict(ENVELOPE_RULES, policy, tx))
+    return policy.recall(
+        key,
+        lambda: _first_verdict(
+            ENVELOPE_RULES, policy, build_transaction(policy, replace(envelope, rcpt_tos=rcpt_tos))
+        ),
+    )
 
 
 def route_of(policy: Policy, address: str) -> Route:
@@ -169,9 +167,15 @@ def recipients_by_route(
     route's recipients with the sender's copies, then the ordinary route's. Depends on the
     envelope alone, so the listener can open the upstream transaction while the message is
     still coming in (:func:`decide` uses the same answer)."""
-    key = ("routes", envelope.mail_from, envelope.rcpt_tos)
-    if key in policy.memo:
-        return policy.memo[key]  # type: ignore[return-value]
+    return policy.recall(
+        ("routes", envelope.mail_from, envelope.rcpt_tos),
+        lambda: _plan_routes(policy, envelope, classified),
+    )
+
+
+def _plan_routes(
+    policy: Policy, envelope: Envelope, classified: tuple[Classification, ...] | None
+) -> tuple[tuple[Route, tuple[str, ...]], ...]:
     if classified is None:
         classified = tuple(policy.classify(r) for r in envelope.rcpt_tos)
     pairs = tuple(zip(classified, envelope.rcpt_tos, strict=True))
@@ -184,7 +188,7 @@ def recipients_by_route(
         plan.append((Route.MSSANTE, inside + tuple(c for c in extra if c not in known)))
     if outside:
         plan.append((Route.ORDINARY, outside))
-    return policy.remembered(key, tuple(plan))
+    return tuple(plan)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,10 @@ path, so that config.py can name the file and the line.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mssgate.classify import DomainSets, classify_address, normalize_domain
 from mssgate.model import AddressClass, Classification, Route
@@ -20,7 +20,7 @@ from mssgate.schema import PolicyDocument, RouteConfig
 Location = tuple[str | int, ...]
 _T = TypeVar("_T")
 MEMO_SIZE = 4096
-"""Answers a policy keeps (:meth:`Policy.remembered`): a structure's senders and usual
+"""Answers a policy keeps (:meth:`Policy.recall`): a structure's senders and usual
 recipients, many times over."""
 
 
@@ -68,8 +68,8 @@ class Policy:
     """Lower-cased MSSanté sender -> MSSanté addresses that get a copy of what it sends."""
     users: Mapping[str, UserAccount] = field(default_factory=lambda: MappingProxyType({}))
     """Login -> account."""
-    memo: dict[object, object] = field(default_factory=dict, compare=False, repr=False)
-    """Answers of pure functions of this policy already computed (:meth:`remembered`)."""
+    memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Answers of pure functions of this policy already computed (:meth:`recall`)."""
 
     def route_configs(self) -> dict[Route, RouteConfig]:
         """Each route's configuration, keyed by route."""
@@ -77,17 +77,16 @@ class Policy:
         return {Route.MSSANTE: routes.mssante, Route.ORDINARY: routes.ordinary}
 
     def classify(self, address: str) -> Classification:
-        """Classify one address with this policy's domain lists."""
-        found = self.memo.get(address)
-        if found is None:
-            found = self.remembered(address, classify_address(address, self.domains))
-        assert isinstance(found, Classification)
-        return found
+        """Classify one address with this policy's domain lists (memoised by the classifier)."""
+        return classify_address(address, self.domains)
 
-    def remembered(self, key: object, answer: _T) -> _T:
-        """Keep ``answer`` under ``key`` (what a pure function of this policy gave for its
-        arguments: the same senders and recipients come back message after message), and
-        return it. The memory is bounded: it is emptied when full."""
+    def recall(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """What ``compute`` (a pure function of this policy and of what ``key`` names) gave
+        the last time for ``key``, or its answer now, kept: the same senders and recipients
+        come back message after message. The memory is bounded: it is emptied when full."""
+        if key in self.memo:
+            return self.memo[key]  # type: ignore[no-any-return]
+        answer = compute()
         if len(self.memo) >= MEMO_SIZE:
             self.memo.clear()
         self.memo[key] = answer
