@@ -2,6 +2,8 @@
 #
 # 1. Wheels first, with a Python 3.11 on the image's architecture (the image installs from them
 #    with --no-index, so the build itself needs no package registry):
+#      MSSGATE_COMPILE=1 python3.11 -m pip wheel --no-deps --wheel-dir wheels .   (optional:
+#      the core compiled with mypyc, see README "Deployment"; pip prefers that wheel)
 #      python3.11 -m pip wheel --wheel-dir wheels .
 #    (or, with no local Python 3.11:
 #      docker run --rm -v "$PWD":/src -w /src python:3.11-slim-bookworm pip wheel -w wheels .)

@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import functools
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -942,8 +943,18 @@ def machine() -> list[str]:
         f"aiosmtplib {version('aiosmtplib')}, uvloop {version('uvloop')}; "
         f"Postfix {postfix or '?'}",
         f"- mssgate {version('mssgate')} at commit {commit or '?'}"
-        + (" with uncommitted changes in mssgate/" if dirty else ""),
+        + (" with uncommitted changes in mssgate/" if dirty else "")
+        + f"; {build()}",
     ]
+
+
+def build() -> str:
+    """Which build of mssgate the run measures (the one its processes import)."""
+    spec = importlib.util.find_spec("mssgate.mime")
+    origin = spec.origin if spec is not None else None
+    if origin is not None and not origin.endswith(".py"):
+        return f"core compiled with mypyc ({Path(origin).parent.parent})"
+    return "plain Python build"
 
 
 def loadavg() -> str:

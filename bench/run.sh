@@ -9,5 +9,21 @@ bash scripts/system-deps.sh
 if ! "$VENV/bin/python" -c 'import uvloop' 2>/dev/null; then
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uvloop
 fi
+# mssgate as deployed: the core compiled with mypyc (scripts/compile.sh), unless
+# MSSGATE_BENCH_PLAIN=1 asks for the plain Python build of the checkout.
+# (MSSGATE_COMPILED_DIR: a build scripts/compile.sh already made.)
+built=""
+if [ "${MSSGATE_BENCH_PLAIN:-0}" != 1 ]; then
+  compiled="${MSSGATE_COMPILED_DIR:-}"
+  if [ -z "$compiled" ]; then
+    built="$(mktemp -d)"
+    compiled="$built"
+    bash scripts/compile.sh "$compiled"
+  fi
+  export PYTHONPATH="$compiled${PYTHONPATH:+:$PYTHONPATH}"
+fi
 export PATH="$PATH:/usr/sbin"
-exec "$VENV/bin/python" bench/bench.py "$@"
+status=0
+"$VENV/bin/python" bench/bench.py "$@" || status=$?
+[ -z "$built" ] || rm -rf "$built"
+exit "$status"

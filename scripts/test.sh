@@ -8,11 +8,34 @@ export PATH="$PATH:/usr/sbin"
 "$VENV/bin/ruff" check mssgate tests bench
 "$VENV/bin/ruff" format --check mssgate tests bench
 "$VENV/bin/mypy"
+# The build with the core compiled by mypyc (setup.py): what the benchmark measures, and
+# tested below like the plain one. Without a C compiler, only the plain build is tested.
+compiled=""
+if command -v cc >/dev/null || command -v gcc >/dev/null; then
+  compiled="$(mktemp -d)"
+  trap 'rm -rf "$compiled"' EXIT
+  bash scripts/compile.sh "$compiled"
+  (cd / && PYTHONPATH="$compiled" "$VENV/bin/python" -c \
+    'import mssgate.mime as m, sys; sys.exit(m.__file__.endswith(".py"))') \
+    || { echo "mssgate.mime is not compiled in $compiled"; exit 1; }
+else
+  echo "no C compiler: the compiled build is neither benchmarked nor tested"
+fi
 # The benchmark once, in its quick mode, so that it cannot rot (its figures are not a test:
 # the committed bench/RESULTS.md comes from a full run).
 bench_out="$(mktemp -d)"
+if [ -n "$compiled" ]; then
+  export MSSGATE_COMPILED_DIR="$compiled"
+else
+  export MSSGATE_BENCH_PLAIN=1
+fi
 bash bench/run.sh --quick --output "$bench_out/RESULTS.md" > "$bench_out/bench.log" 2>&1 \
   || { cat "$bench_out/bench.log"; exit 1; }
 echo "benchmark (quick mode) ran: $(grep -c '^| ' "$bench_out/RESULTS.md") table rows"
 rm -rf "$bench_out"
+echo "tests on the plain Python build:"
 "$VENV/bin/pytest" -q "$@"
+if [ -n "$compiled" ]; then
+  echo "tests on the build with the compiled core:"
+  MSSGATE_TEST_BUILD="$compiled" PYTHONPATH="$compiled" "$VENV/bin/pytest" -q "$@"
+fi
