@@ -953,7 +953,7 @@ def build() -> str:
     spec = importlib.util.find_spec("mssgate.mime")
     origin = spec.origin if spec is not None else None
     if origin is not None and not origin.endswith(".py"):
-        return f"core compiled with mypyc ({Path(origin).parent.parent})"
+        return "core compiled with mypyc (scripts/compile.sh)"
     return "plain Python build"
 
 
