@@ -13,19 +13,17 @@ fi
 # MSSGATE_BENCH_PLAIN=1 asks for the plain Python build of the checkout.
 # (MSSGATE_COMPILED_DIR: a build scripts/compile.sh already made.)
 built=""
-if [ "${MSSGATE_BENCH_PLAIN:-0}" != 1 ] && [ -z "${MSSGATE_COMPILED_DIR:-}" ] \
-  && ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then
-  echo "no C compiler: the plain Python build is measured" >&2
-  MSSGATE_BENCH_PLAIN=1
-fi
 if [ "${MSSGATE_BENCH_PLAIN:-0}" != 1 ]; then
   compiled="${MSSGATE_COMPILED_DIR:-}"
   if [ -z "$compiled" ]; then
     built="$(mktemp -d)"
     compiled="$built"
-    bash scripts/compile.sh "$compiled"
+    status=0
+    bash scripts/compile.sh "$compiled" || status=$?
+    [ "$status" = 0 ] || [ "$status" = 3 ] || { rm -rf "$built"; exit "$status"; }
+    [ "$status" = 0 ] || compiled=""  # (no C compiler: the plain build is measured)
   fi
-  export PYTHONPATH="$compiled${PYTHONPATH:+:$PYTHONPATH}"
+  [ -z "$compiled" ] || export PYTHONPATH="$compiled${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PATH="$PATH:/usr/sbin"
 status=0

@@ -2,7 +2,12 @@
 # Build mssgate with its pure core compiled by mypyc (setup.py, MSSGATE_COMPILE=1) and install
 # that build alone into DIR, to put first on PYTHONPATH (its dependencies come from the venv).
 # Usage (after . scripts/venv.sh): bash scripts/compile.sh DIR
+# Exits with 3, nothing built, when there is no C compiler (the callers fall back to plain).
 set -euo pipefail
+if ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then
+  echo "no C compiler: no compiled build" >&2
+  exit 3
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 out="$1"

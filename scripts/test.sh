@@ -10,16 +10,15 @@ export PATH="$PATH:/usr/sbin"
 "$VENV/bin/mypy"
 # The build with the core compiled by mypyc (setup.py): what the benchmark measures, and
 # tested below like the plain one. Without a C compiler, only the plain build is tested.
-compiled=""
-if command -v cc >/dev/null || command -v gcc >/dev/null; then
-  compiled="$(mktemp -d)"
-  trap 'rm -rf "$compiled"' EXIT
-  bash scripts/compile.sh "$compiled"
-  (cd / && PYTHONPATH="$compiled" "$VENV/bin/python" -c \
-    'import mssgate.mime as m, sys; sys.exit(m.__file__.endswith(".py"))') \
-    || { echo "mssgate.mime is not compiled in $compiled"; exit 1; }
-else
-  echo "no C compiler: the compiled build is neither benchmarked nor tested"
+build_dir="$(mktemp -d)"
+trap 'rm -rf "$build_dir"' EXIT
+compiled="$build_dir"
+status=0
+bash scripts/compile.sh "$compiled" || status=$?
+if [ "$status" = 3 ]; then
+  compiled=""
+elif [ "$status" != 0 ]; then
+  exit "$status"
 fi
 # The benchmark once, in its quick mode, so that it cannot rot (its figures are not a test:
 # the committed bench/RESULTS.md comes from a full run).
@@ -37,5 +36,6 @@ echo "tests on the plain Python build:"
 "$VENV/bin/pytest" -q "$@"
 if [ -n "$compiled" ]; then
   echo "tests on the build with the compiled core:"
+  # (tests/__init__.py refuses to run if mssgate is not imported from that build)
   MSSGATE_TEST_BUILD="$compiled" PYTHONPATH="$compiled" "$VENV/bin/pytest" -q "$@"
 fi
