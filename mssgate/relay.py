@@ -17,7 +17,7 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -225,8 +225,13 @@ class SmtpRelay:
         delivery: Delivery,
         mail_options: tuple[str, ...],
         prepared: asyncio.Task[PreparedTransaction] | None = None,
+        accepted: Callable[[str], None] | None = None,
     ) -> RelayOutcome:
         """One whole upstream transaction within the route's time budget.
+
+        ``accepted``: called with the upstream's text as soon as its 250 to the message is
+        read, before this returns (the client can be answered without waiting for the
+        unwinding).
 
         ``prepared``: the envelope already opened by :meth:`prepare` while the message came
         in; used when it got as far as DATA for these very recipients, recently, else closed
@@ -250,17 +255,21 @@ class SmtpRelay:
             async with asyncio.timeout(self.config.timeout):
                 if ready is not None:
                     client = ready.client
-                    detail = await self._send_message(client, delivery, ready.sent_size)
+                    detail = await self._send_message(client, delivery, ready.sent_size, accepted)
                 else:
                     client, reused = await self._acquire()
                     try:
-                        detail = await self._transaction(client, mail_from, delivery, mail_options)
+                        detail = await self._transaction(
+                            client, mail_from, delivery, mail_options, accepted
+                        )
                     except _StaleConnection:
                         if not reused:
                             raise
                         client.close()
                         client, _ = await self._acquire(fresh=True)
-                        detail = await self._transaction(client, mail_from, delivery, mail_options)
+                        detail = await self._transaction(
+                            client, mail_from, delivery, mail_options, accepted
+                        )
         except BaseException as exc:
             if client is not None:
                 client.close()
@@ -393,6 +402,7 @@ class SmtpRelay:
         mail_from: str,
         delivery: Delivery,
         mail_options: tuple[str, ...],
+        accepted: Callable[[str], None] | None = None,
     ) -> str:
         if not _pipelining_possible(client):
             # An aiosmtplib without the internals used here: its own DATA (the message is
@@ -400,7 +410,7 @@ class SmtpRelay:
             await self._open_data(client, mail_from, delivery.recipients, mail_options, data=False)
             return str((await client.data(delivery.message)).message)
         await self._open_data(client, mail_from, delivery.recipients, mail_options)
-        return await self._send_message(client, delivery)
+        return await self._send_message(client, delivery, 0, accepted)
 
     async def _open_data(
         self,
@@ -513,10 +523,14 @@ class SmtpRelay:
         return answers
 
     async def _send_message(
-        self, client: aiosmtplib.SMTP, delivery: Delivery, skip: int = 0
+        self,
+        client: aiosmtplib.SMTP,
+        delivery: Delivery,
+        skip: int = 0,
+        accepted: Callable[[str], None] | None = None,
     ) -> str:
         """After the upstream's 354: the message (from ``skip``, what was sent ahead), the
-        final dot (one write), its reply."""
+        final dot (one write), its reply (a 250 also told to ``accepted``, first thing)."""
         protocol: Any = client.protocol
         if skip >= len(delivery.message):
             # All of it went ahead (it ended at a line end): only the final dot is left.
@@ -527,7 +541,7 @@ class SmtpRelay:
         async with protocol._command_lock:
             protocol._response_pending = True
             write_all(protocol, pieces)
-            response = await next_response(protocol)
+            response = await next_response(protocol, accepted and _on_250(accepted))
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return str(response.message)
@@ -636,18 +650,43 @@ def _pipelining_possible(client: aiosmtplib.SMTP) -> bool:
     ) and isinstance(getattr(protocol, "_command_lock", None), asyncio.Lock)
 
 
-async def next_response(protocol: Any) -> aiosmtplib.SMTPResponse:
+def _on_250(
+    accepted: Callable[[str], None],
+) -> Callable[[aiosmtplib.SMTPResponse], None]:
+    def told(response: aiosmtplib.SMTPResponse) -> None:
+        if response.code == 250:
+            accepted(str(response.message))
+
+    return told
+
+
+async def next_response(
+    protocol: Any, first: Callable[[aiosmtplib.SMTPResponse], None] | None = None
+) -> aiosmtplib.SMTPResponse:
     """The next reply of a pipelined group: one already received, or the next to come.
+
+    ``first``: given the reply as soon as it is read, before the awaiting task resumes (a
+    callback of the reply's future, put ahead of the task's own).
 
     The wait is bounded by the caller's ``asyncio.timeout`` (the route's budget for the
     whole transaction): no timer of its own per reply.
     """
     response: aiosmtplib.SMTPResponse | None = protocol._read_response_from_buffer()
     if response is not None:
+        if first is not None:
+            first(response)
         return response
     waiter = protocol._response_waiter
     if waiter is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    if first is not None:
+        told = first
+
+        def tell(done: asyncio.Future[aiosmtplib.SMTPResponse]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                told(done.result())
+
+        waiter.add_done_callback(tell)
     protocol._response_pending = True
     try:
         response = await waiter

@@ -101,6 +101,9 @@ class TransactionState(SmtpEnvelope):
         """No line of the message starts with a dot (see :attr:`DataReader.dot_free`)."""
         self.prepared: dict[Route, asyncio.Task[PreparedTransaction]] = {}
         """Upstream transactions opened while the message comes in (see ``prepare``)."""
+        self.answered: str | None = None
+        """The reply to the message, once written to the client ahead of the unwinding of
+        the delivery (see ``GatewayHandler._data``); smtp_DATA then writes nothing."""
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -296,17 +299,24 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         """One reply line to the client: aiosmtpd's, without the drain (and its coroutine)
         while the transport's buffer is below its high-water mark."""
+        if not self.write_reply(status):
+            await super().push(status)  # (aiosmtpd's own path and errors)
+            return
+        if self.transport.get_write_buffer_size() > _PUSH_BUFFER:  # type: ignore[union-attr]
+            await self._writer.drain()
+
+    def write_reply(self, status: AnyStr) -> bool:
+        """Write one reply line now, without a coroutine; False (nothing written) when the
+        connection is closing or gone."""
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            return False
         if isinstance(status, str):
             response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
         else:
             response = bytes(status)
-        transport: Any = self.transport
-        if transport is None or transport.is_closing():
-            await super().push(status)  # (aiosmtpd's own path and errors)
-            return
         transport.write(response + b"\r\n")
-        if transport.get_write_buffer_size() > _PUSH_BUFFER:
-            await self._writer.drain()
+        return True
 
     def data_received(self, data: bytes) -> None:
         """During DATA, the bytes go straight to the transfer's reader (no stream buffer, no
@@ -438,6 +448,8 @@ class GatewaySMTP(SMTP):
             if isinstance(transaction, TransactionState):
                 GatewayHandler.discard_prepared(transaction)
         self._set_post_data_state()  # type: ignore[no-untyped-call]
+        if isinstance(transaction, TransactionState) and transaction.answered is not None:
+            return  # (written as soon as the upstream accepted)
         await self.push("250 OK" if status is MISSING else status)
 
     def _prepare_upstream(self) -> None:
@@ -870,26 +882,41 @@ class GatewayHandler:
         if hasattr(server, "_reset_timeout"):
             # aiosmtpd's idle timer covers DATA plus our relay: give the upstream its budget.
             server._reset_timeout(budget)
-        details = []
+        details: list[str] = []
         size_out = 0
         relays = self.relays(policy) if callable(self.relays) else self.relays
+
+        def answer(detail: str) -> None:
+            # The one upstream accepted: the client is told at once, before the delivery's
+            # coroutines unwind (its reply is the one audited, whatever happens after).
+            reply = self._accepted_reply(decision, [detail], envelope)
+            if isinstance(server, GatewaySMTP) and server.write_reply(reply):
+                envelope.answered = reply
+
         for delivery in decision.deliveries:
             relay = relays[delivery.route]
             began = time.monotonic()
             prepared = envelope.prepared.pop(delivery.route, None)
             try:
-                if prepared is not None and isinstance(relay, SmtpRelay):
+                if isinstance(relay, SmtpRelay):
                     outcome = await relay.deliver(
                         _mail_from(envelope),
                         delivery,
                         tuple(envelope.mail_options),
                         prepared=prepared,
+                        accepted=answer if len(decision.deliveries) == 1 else None,
                     )
                 else:
                     outcome = await relay.deliver(
                         _mail_from(envelope), delivery, tuple(envelope.mail_options)
                     )
             except Exception as exc:
+                if envelope.answered is not None:
+                    # (The upstream had accepted: what fails after is only bookkeeping.)
+                    log.exception(
+                        "%s relay to %s raised after its 250", session.peer, delivery.route.value
+                    )
+                    return envelope.answered, None, decision, None, len(delivery.message)
                 failure = (
                     exc
                     if isinstance(exc, RelayFailure)
@@ -916,9 +943,13 @@ class GatewayHandler:
             "+".join(d.route.value for d in decision.deliveries),
             " (signature added)" if decision.signature_added else "",
         )
-        text = decision.reply + (" ; " + " ; ".join(details) if details else "")
-        reply = self._reply(250, "2.0.0", text, envelope)
+        reply = envelope.answered or self._accepted_reply(decision, details, envelope)
         return reply, None, decision, " ; ".join(details), size_out
+
+    def _accepted_reply(self, decision: Decision, details: list[str], envelope: Any) -> str:
+        """The 250 of a relayed message: the decision's text, then each upstream's answer."""
+        text = decision.reply + (" ; " + " ; ".join(details) if details else "")
+        return self._reply(250, "2.0.0", text, envelope)
 
     @staticmethod
     async def _write_ahead(envelope: TransactionState, raw: bytes) -> None:

@@ -4,6 +4,7 @@ opened ahead, while the client is still sending the message."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -98,3 +99,40 @@ async def test_upstream_refusal_seen_ahead_is_the_answer(pstack: Stack) -> None:
     assert result.code == 550 and "No such user" in result.text
     asked = b"".join(pstack.ordinary.reads).count(b"RCPT TO:")
     assert asked == 1
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readline(), 10)
+
+
+async def test_client_answered_once_as_soon_as_the_upstream_accepted(pstack: Stack) -> None:
+    """The 250 is written when the upstream's 250 is read, ahead of the delivery's unwinding:
+    it carries the upstream's answer, and no second reply follows it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", pstack.port)
+    try:
+        assert (await _line(reader)).startswith(b"220")
+        writer.write(b"HELO client.example\r\n")
+        assert (await _line(reader)).startswith(b"250")
+        for command in (f"MAIL FROM:<{DR}>", f"RCPT TO:<{GMAIL}>"):
+            writer.write(command.encode() + b"\r\n")
+            assert (await _line(reader)).startswith(b"250")
+        writer.write(b"DATA\r\n")
+        assert (await _line(reader)).startswith(b"354")
+        writer.write(message(DR, GMAIL) + b".\r\n")
+        answer = await _line(reader)
+        assert answer.startswith(b"250 2.0.0 ") and b" ; " in answer, answer
+        # The next reply is the next command's: an unknown command gets its 500.
+        writer.write(b"XYZZY\r\n")
+        assert (await _line(reader)).startswith(b"500")
+        writer.write(b"QUIT\r\n")
+        assert (await _line(reader)).startswith(b"221")
+    finally:
+        writer.close()
+    assert len(pstack.ordinary.received) == 1
+
+
+async def test_upstream_refusal_of_the_message_is_the_client_s_only_reply(pstack: Stack) -> None:
+    pstack.ordinary.behaviour.data_reply = "554 5.7.1 Rejected by the upstream"
+    result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
+    assert result.code == 554 and "Rejected by the upstream" in result.text
+    assert pstack.delivered() == 0
