@@ -6,8 +6,9 @@ logged and never changes what happens to a message.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -93,3 +94,51 @@ class Observers:
     def reload(self, ok: bool) -> None:
         """Forward a reload attempt."""
         self._each("reload", ok)
+
+
+REPORT_HOLD = 0.01
+"""Seconds a report may wait for a moment when the gateway has nothing else to do."""
+
+
+class HeldReports:
+    """Observer calls held until the gateway next waits on a client, then made in order.
+
+    A client that is quick to follow up (the next MAIL FROM right after the 250) would
+    otherwise wait for the audit line and the metrics of its previous message. They are made
+    once the next reply to a client is written (the gateway then waits for the client's next
+    command), when a connection ends, at shutdown, or after ``REPORT_HOLD`` seconds at most.
+    """
+
+    def __init__(self, hold: float = REPORT_HOLD) -> None:
+        self.hold = hold
+        self._calls: list[tuple[Callable[..., None], tuple[object, ...]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._queued = False
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def add(self, call: Callable[..., None], *args: object) -> None:
+        """Hold one call (made with ``args``), after those already held."""
+        self._calls.append((call, args))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.hold, self.flush)
+
+    def replied(self) -> None:
+        """A reply was written to a client: make the held calls as soon as the loop is free."""
+        if self._calls and not self._queued:
+            self._queued = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Make every held call now, in order (a failing one is logged and skipped)."""
+        self._queued = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        calls, self._calls = self._calls, []
+        for call, args in calls:
+            try:
+                call(*args)
+            except Exception:
+                log.exception("report %s failed", getattr(call, "__name__", call))

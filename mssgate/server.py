@@ -42,7 +42,7 @@ from mssgate.decide import (
     route_of,
 )
 from mssgate.dnscheck import DomainChecker
-from mssgate.events import DecisionEvent, Observers
+from mssgate.events import DecisionEvent, HeldReports, Observers
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
@@ -218,6 +218,7 @@ class GatewaySMTP(SMTP):
         self._transfer_done: asyncio.Future[None] | None = None
         self._held = 0
         self._idle_deadline = 0.0
+        self._reports = handler.held
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """aiosmtpd's idle timer, moved without a new timer per command: the one armed
@@ -294,6 +295,7 @@ class GatewaySMTP(SMTP):
             self.counter.close(self.counted_client)
             self.counted_client = None
             self.observers.connection(False)
+        self._reports.replied()
         super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
@@ -316,6 +318,7 @@ class GatewaySMTP(SMTP):
         else:
             response = bytes(status)
         transport.write(response + b"\r\n")
+        self._reports.replied()
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -514,6 +517,8 @@ class GatewayHandler:
         self.judge_fn = judge_fn
         self.domain_check = domain_check
         self.observers = observers or Observers()
+        self.held = HeldReports()
+        """Reports (audit, metrics) of answered decisions, made once the gateway is free."""
         self.throttle = throttle or AuthThrottle()
         self.pseudonym_key = pseudonym_key or os.urandom(32)
 
@@ -544,33 +549,33 @@ class GatewayHandler:
         size_out: int = 0,
         duration: float = 0.0,
     ) -> None:
-        """Report one answered decision to the observers (audit trail, metrics)."""
+        """Report one answered decision to the observers (audit trail, metrics): the event
+        is made now, the observers hear of it once the gateway is free (:class:`HeldReports`)."""
         code = int(reply[:3])
         rest = reply[4:].split(" ", 1)
         enhanced = rest[0] if rest and rest[0][:1].isdigit() else ""
         action = "accept" if code < 300 else "tempfail" if code < 500 else "reject"
-        self.observers.decision(
-            DecisionEvent(
-                time=time.time(),
-                session=str(getattr(session, "mssgate_id", "")),
-                peer=str(getattr(session, "peer", "")),
-                user=self._login(session),
-                stage=stage,
-                sender="" if envelope.mail_from in (None, "<>") else str(envelope.mail_from),
-                recipients=recipients,
-                action=action,
-                rule=rule,
-                smtp_code=code,
-                enhanced_code=enhanced,
-                routes=tuple(d.route.value for d in decision.deliveries) if decision else (),
-                upstream=upstream,
-                size_in=size_in,
-                size_out=size_out,
-                message_id=decision.message_id if decision else None,
-                signature_added=decision.signature_added if decision else False,
-                duration=duration,
-            )
+        event = DecisionEvent(
+            time=time.time(),
+            session=str(getattr(session, "mssgate_id", "")),
+            peer=str(getattr(session, "peer", "")),
+            user=self._login(session),
+            stage=stage,
+            sender="" if envelope.mail_from in (None, "<>") else str(envelope.mail_from),
+            recipients=recipients,
+            action=action,
+            rule=rule,
+            smtp_code=code,
+            enhanced_code=enhanced,
+            routes=tuple(d.route.value for d in decision.deliveries) if decision else (),
+            upstream=upstream,
+            size_in=size_in,
+            size_out=size_out,
+            message_id=decision.message_id if decision else None,
+            signature_added=decision.signature_added if decision else False,
+            duration=duration,
         )
+        self.held.add(self.observers.decision, event)
 
     @staticmethod
     def _client_allowed(policy: Policy, session: Session) -> bool:
@@ -785,10 +790,8 @@ class GatewayHandler:
         started = time.monotonic()
         raw = envelope.original_content or b""
         reply, rule, decision, upstream, size_out = await self._data(server, session, envelope, raw)
-        # The observers (audit trail, metrics) hear of it once the client has its answer:
-        # the reply is written before the loop runs what is scheduled here.
-        asyncio.get_running_loop().call_soon(
-            self._report_data,
+        # (The observers hear of it once the gateway is free: see _emit.)
+        self._report_data(
             session,
             envelope,
             reply,
@@ -925,13 +928,15 @@ class GatewayHandler:
                 if not isinstance(exc, RelayFailure):
                     log.exception("%s relay to %s raised", session.peer, delivery.route.value)
                 kind = "tempfail" if failure.temporary else "permfail"
-                self.observers.relay(delivery.route.value, time.monotonic() - began, kind)
+                self.held.add(
+                    self.observers.relay, delivery.route.value, time.monotonic() - began, kind
+                )
                 log.warning(
                     "%s relay to %s failed: %s", session.peer, delivery.route.value, failure.code
                 )
                 reply = self._reply(failure.code, failure.enhanced, failure.text, envelope)
                 return reply, "upstream", decision, failure.text, size_out
-            asyncio.get_running_loop().call_soon(
+            self.held.add(
                 self.observers.relay, delivery.route.value, time.monotonic() - began, "ok"
             )
             details.append(outcome.detail)
@@ -1119,11 +1124,12 @@ class Gateway:
             self.implicit_port = int(implicit.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
-        """Stop listening and close the servers."""
+        """Stop listening and close the servers; the reports still held are made."""
         for server in self._servers:
             server.close()
             await server.wait_closed()
         self._servers.clear()
+        self.handler.held.flush()
 
     async def __aenter__(self) -> Gateway:
         await self.start()

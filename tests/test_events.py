@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import pytest
+
 from mssgate.config import load_policy
-from mssgate.events import DecisionEvent, Observers
+from mssgate.events import DecisionEvent, HeldReports, Observers
 from mssgate.holder import PolicyHolder
 from mssgate.relay import build_relays
 from mssgate.server import Gateway
@@ -100,3 +103,92 @@ def test_reloads_are_reported(tmp_path: Path) -> None:
     assert not holder.reload()
     assert recorder.reloads == [True, False]
     assert holder.policy.document.routes.mssante.upstream is not None
+
+
+async def test_held_reports_wait_for_the_next_reply_then_keep_their_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    made: list[str] = []
+    held = HeldReports(hold=60.0)
+
+    def broken() -> None:
+        raise RuntimeError("disk full")
+
+    held.add(made.append, "first")
+    held.add(broken)
+    held.add(made.append, "second")
+    await asyncio.sleep(0.01)
+    assert made == [] and len(held) == 3  # nothing replied yet: still held
+    held.replied()
+    held.replied()  # (one flush for both)
+    assert made == []  # made once the loop is free, not inside the reply's write
+    await asyncio.sleep(0)
+    assert made == ["first", "second"] and len(held) == 0
+    assert "report broken failed" in caplog.text
+    held.replied()  # nothing held: nothing scheduled
+    await asyncio.sleep(0)
+    assert made == ["first", "second"]
+
+
+async def test_held_reports_are_made_after_the_hold_at_most() -> None:
+    made: list[int] = []
+    held = HeldReports(hold=0.02)
+    held.add(made.append, 1)
+    await asyncio.sleep(0.2)
+    assert made == [1]
+    held.add(made.append, 2)
+    held.flush()  # (shutdown: at once)
+    assert made == [1, 2]
+    await asyncio.sleep(0.05)
+    assert made == [1, 2]  # the timer was cancelled by the flush
+
+
+async def _reply(reader: asyncio.StreamReader) -> bytes:
+    """One whole SMTP reply (its last line)."""
+    while True:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        assert line, "connection closed"
+        if line[3:4] != b"-":
+            return line
+
+
+async def test_a_pipelined_client_gets_each_report_in_order_with_its_own_sender() -> None:
+    # The report of a message is made after the next reply: a client that pipelines the next
+    # transaction behind the message must not see its sender or its refusal mixed up.
+    recorder = Recorder()
+    async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
+        policy = make_policy(mssante.port, ordinary.port)
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
+        async with Gateway(
+            lambda: policy, relays, host=LOOPBACK, port=0, observers=Observers([recorder])
+        ) as gateway:
+            reader, writer = await asyncio.open_connection(LOOPBACK, gateway.port)
+            try:
+                assert (await _reply(reader)).startswith(b"220")
+                writer.write(b"EHLO client.test\r\n")
+                assert (await _reply(reader)).startswith(b"250")
+                writer.write(f"MAIL FROM:<{DR}>\r\nRCPT TO:<{GMAIL}>\r\nDATA\r\n".encode())
+                codes = [(await _reply(reader))[:3] for _ in range(3)]
+                assert codes == [b"250", b"250", b"354"]
+                body = message(DR, GMAIL).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+                writer.write(
+                    body
+                    + b".\r\n"
+                    + f"MAIL FROM:<{BAL}>\r\nRCPT TO:<{CONFRERE}>\r\n".encode()
+                    + f"RCPT TO:<{GMAIL}>\r\nQUIT\r\n".encode()
+                )
+                codes = [(await _reply(reader))[:3] for _ in range(5)]
+                assert codes == [b"250", b"250", b"250", b"550", b"221"]
+            finally:
+                writer.close()
+            # The connection's end makes what is held; wait for it (bounded).
+            for _ in range(200):
+                if len(recorder.decisions) == 2:
+                    break
+                await asyncio.sleep(0.01)
+    assert [(e.stage, e.action, e.sender) for e in recorder.decisions] == [
+        ("data", "accept", DR),
+        ("rcpt", "reject", BAL),
+    ]
+    assert recorder.decisions[0].time <= recorder.decisions[1].time
+    assert [r[2] for r in recorder.relays] == ["ok"]
