@@ -62,6 +62,8 @@ TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
 LATENCY_ROUNDS = 10
 """Interleaved latency rounds per size and concurrency (fewer when the counts are small)."""
+THROUGHPUT_ROUNDS = 4
+"""Interleaved throughput rounds per size and concurrency (fewer when the counts are small)."""
 
 ROWS = ("sink direct", "pass-through", "Postfix", "mssgate ordinary", "mssgate MSSanté")
 
@@ -369,6 +371,8 @@ class Cell:
     cpu_ms: float = math.nan
     tp_n: int = 0
     """Messages in the throughput measurement (smtp-source)."""
+    tp_rounds: int = 0
+    """Interleaved throughput rounds they were sent in (:meth:`Bench.measure_throughput`)."""
     lat_n: int = 0
     """Transactions timed by the latency client."""
     lat_rounds: int = 0
@@ -582,74 +586,112 @@ class Bench:
 
     # -- one cell -----------------------------------------------------------------------------
 
-    def measure(
+    def warm_up(
         self, target: Target, message_file: Path, sessions: int, plan: tuple[int, int]
     ) -> Cell:
-        """Warm-up, throughput (smtp-source), memory and CPU of one cell (its latency is
-        :meth:`measure_latency`'s, with the other rows of its size and concurrency).
-
-        The counts are the plan's, reduced when the warm-up shows that the target would need
-        more than ``mode.target_s`` seconds for them (never below one message per session):
-        a slow target gets fewer messages, not a longer run. Every step is also capped at
-        ``mode.cap`` seconds; a capped step is reported in the notes.
-        """
+        """A few messages over up to 4 sessions; their rate sizes the row's throughput count
+        (``cell.tp_n``, 0 when the warm-up failed): the plan's, reduced when the target would
+        need more than ``mode.target_s`` seconds for it (never below one message per
+        session), so that a slow target gets fewer messages, not a longer run."""
         assert self.sink is not None
-        sink = self.sink
         mode = self.mode
         cell = Cell(target.row, sessions)
-        # Warm-up: a few messages over up to 4 sessions; its rate sizes the counts.
         warm = max(2, min(plan[0] // 20, 40))
         warm_sessions = min(sessions, 4, warm)
-        before = sink.messages
+        before = self.sink.messages
         start = time.perf_counter()
         _, ok, err = smtp_source(self.procs, target, message_file, warm_sessions, warm, mode.cap)
-        arrived = sink.wait_for(before + warm, mode.cap)
+        arrived = self.sink.wait_for(before + warm, mode.cap)
         warm_s = time.perf_counter() - start
         if not (ok and arrived):
             cell.notes.append(f"warm-up failed: {err}")
             self.quiesce()
             return cell
         guess = warm / warm_s * max(1.0, min(sessions, 2) / warm_sessions)
-        tp_count = min(plan[0], max(sessions, round(guess * mode.target_s)))
-        if target.pid is not None:
-            reset_peak(target.pid)
-            cpu_before = cpu_seconds(target.pid)
-        elif target.postfix is not None:
-            cpu_before = self.postfix_cpu()
-        else:
-            cpu_before = 0.0
-        watch = GroupWatch(target.postfix.pids) if target.postfix else None
-        with watch or contextlib.nullcontext():
-            # Throughput: smtp-source, counted at the sink (Postfix: until its queue drained).
-            before = sink.messages
-            start = time.perf_counter()
-            accept_s, finished, err = smtp_source(
-                self.procs, target, message_file, sessions, tp_count, mode.cap
-            )
-            arrived = sink.wait_for(before + tp_count, max(1.0, mode.cap - accept_s))
-            drained_s = time.perf_counter() - start
-            got = sink.messages - before
-            cell.tp_n = got
-            if finished and arrived:
-                cell.rate = tp_count / drained_s
-                if target.postfix is not None:
-                    cell.notes.append(f"accepted {tp_count / accept_s:.0f}/s")
-            else:
-                cell.rate = got / drained_s
-                cell.notes.append(f"throughput capped at {mode.cap:.0f} s ({got}/{tp_count})")
-                self.quiesce()
-        handled = cell.tp_n
-        if target.pid is not None:
-            cell.rss_mb = proc_status_kb(target.pid, "VmHWM") / 1024
-            cell.cpu_ms = (cpu_seconds(target.pid) - cpu_before) * 1000 / max(handled, 1)
-        elif target.postfix is not None and watch is not None:
-            cell.rss_mb = watch.peak_pss_kb / 1024
-            cell.cpu_ms = (self.postfix_cpu() - cpu_before) * 1000 / max(handled, 1)
-            cell.notes.append(
-                f"RSS: peak PSS sum of {watch.most_procs} procs, largest "
-                f"{watch.largest_name} {watch.largest_hwm_kb / 1024:.0f} MB"
-            )
+        cell.tp_n = min(plan[0], max(sessions, round(guess * mode.target_s)))
         return cell
+
+    def measure_throughput(self, rows: list[tuple[Target, Path, Cell]], sessions: int) -> None:
+        """Messages/second (smtp-source, counted at the sink; Postfix: until its queue
+        drained), peak memory and CPU of the rows of one size and concurrency, in interleaved
+        rounds like their latency (:meth:`measure_latency`): each round runs every row in
+        turn, one row further on each time, each row's share of its count, so that a slow
+        spell of the machine is shared by the rows instead of landing on one of them. A row's
+        rate is its messages over its seconds, all rounds together. Every step is capped at
+        ``mode.cap`` seconds; a capped step is reported in the notes.
+        """
+        assert self.sink is not None
+        sink = self.sink
+        mode = self.mode
+        live = [(t, p, c) for t, p, c in rows if c.tp_n > 0]
+        if not live:
+            return
+        rounds = max(1, min(THROUGHPUT_ROUNDS, min(c.tp_n for _, _, c in live) // (sessions * 10)))
+        counts = [c.tp_n for _, _, c in live]
+        seconds = [0.0] * len(live)
+        accept_seconds = [0.0] * len(live)
+        got = [0] * len(live)
+        cpu = [0.0] * len(live)
+        watches = [GroupWatch(t.postfix.pids) if t.postfix else None for t, _, _ in live]
+        for target, _, _ in live:
+            if target.pid is not None:
+                reset_peak(target.pid)
+        with contextlib.ExitStack() as stack:
+            for watch in watches:
+                if watch is not None:
+                    stack.enter_context(watch)
+            for turn in range(rounds):
+                for index in [(turn + k) % len(live) for k in range(len(live))]:
+                    target, path, cell = live[index]
+                    share = counts[index] // rounds + (1 if turn < counts[index] % rounds else 0)
+                    if self.out_of_time(f"throughput round {turn + 1} of {target.row}"):
+                        continue
+                    share = max(share, sessions)
+                    cpu_before = self.target_cpu(target)
+                    before = sink.messages
+                    start = time.perf_counter()
+                    accept_s, finished, err = smtp_source(
+                        self.procs, target, path, sessions, share, mode.cap
+                    )
+                    arrived = sink.wait_for(before + share, max(1.0, mode.cap - accept_s))
+                    seconds[index] += time.perf_counter() - start
+                    accept_seconds[index] += accept_s
+                    got[index] += sink.messages - before
+                    if not (finished and arrived):
+                        cell.notes.append(
+                            f"throughput capped at {mode.cap:.0f} s "
+                            f"({sink.messages - before}/{share}): {err[-80:]}"
+                        )
+                        self.quiesce()
+                    # (Postfix's own leftovers, after the sink got its messages, are its CPU.)
+                    self.settle(target)
+                    cpu[index] += self.target_cpu(target) - cpu_before
+        for index, (target, _, cell) in enumerate(live):
+            cell.tp_n = got[index]
+            cell.tp_rounds = rounds
+            if seconds[index] > 0:
+                cell.rate = got[index] / seconds[index]
+            if target.postfix is not None and accept_seconds[index] > 0:
+                cell.notes.append(f"accepted {got[index] / accept_seconds[index]:.0f}/s")
+            if target.pid is not None or target.postfix is not None:
+                cell.cpu_ms = cpu[index] * 1000 / max(got[index], 1)
+            watch = watches[index]
+            if target.pid is not None:
+                cell.rss_mb = proc_status_kb(target.pid, "VmHWM") / 1024
+            elif watch is not None:
+                cell.rss_mb = watch.peak_pss_kb / 1024
+                cell.notes.append(
+                    f"RSS: peak PSS sum of {watch.most_procs} procs, largest "
+                    f"{watch.largest_name} {watch.largest_hwm_kb / 1024:.0f} MB"
+                )
+
+    def target_cpu(self, target: Target) -> float:
+        """CPU seconds used so far by a proxy (all of Postfix's processes; 0 for the sink)."""
+        if target.pid is not None:
+            return cpu_seconds(target.pid)
+        if target.postfix is not None:
+            return self.postfix_cpu()
+        return 0.0
 
     def measure_latency(
         self, rows: list[tuple[Target, Path, Cell]], sessions: int, plan: tuple[int, int]
@@ -785,16 +827,19 @@ class Bench:
                 for target, path in targets:
                     if self.out_of_time(f"{plan.label} x{sessions} {target.row}"):
                         continue
-                    began = time.monotonic()
-                    cell = self.measure(target, path, sessions, counts)
+                    cell = self.warm_up(target, path, sessions, counts)
                     cells.append(cell)
                     rows.append((target, path, cell))
+                began = time.monotonic()
+                self.measure_throughput(rows, sessions)
+                for _, _, cell in rows:
                     print(
-                        f"{plan.label:>5} x{sessions:<3} {target.row:<17} "
-                        f"{cell.rate:8.1f} msg/s  ({time.monotonic() - began:.1f} s)"
+                        f"{plan.label:>5} x{sessions:<3} {cell.row:<17} "
+                        f"{cell.rate:8.1f} msg/s"
                         + (f"  [{'; '.join(cell.notes)}]" if cell.notes else ""),
                         file=sys.stderr,
                     )
+                print(f"      throughput: {time.monotonic() - began:.1f} s", file=sys.stderr)
                 began = time.monotonic()
                 self.measure_latency(rows, sessions, counts)
                 for _, _, cell in rows:
@@ -1016,12 +1061,13 @@ def report(bench: Bench, started: dt.datetime, seconds: float) -> str:
         "- Load: throughput from `smtp-source -F FILE -d -s N -m COUNT` (Postfix's C load "
         "generator), counted at smtp-sink; p50/p99 from `bench/load.py` (Python, uvloop), "
         "one transaction = MAIL FROM .. final reply to `.`; the rows of one size and "
-        "concurrency are timed in interleaved *rounds* (each round runs every row in turn, "
-        "each load.py run starting with one untimed message per session), so that they "
-        "share the machine's quiet and busy moments",
+        "concurrency are measured in interleaved *rounds*, throughput and latency alike "
+        "(each round runs every row in turn, starting one row further on each time; each "
+        "load.py run starts with one untimed message per session), so that they share the "
+        "machine's quiet and busy moments; *rounds* below: throughput/latency",
         "- msgs/s: messages arrived at the sink per second (Postfix: until its queue drained); "
         "× pass-through and × Postfix: this row's msgs/s divided by theirs (> 1: faster)",
-        "- peak RSS: VmHWM of the proxy process over the throughput step of the cell (Postfix: "
+        "- peak RSS: VmHWM of the proxy process over the throughput rounds of the cell (Postfix: "
         "peak of the summed PSS of all its processes, sampled every 0.2 s); CPU ms/msg: CPU "
         "time of the proxy (all Postfix processes) per message of that step",
     ]
@@ -1056,7 +1102,7 @@ def report(bench: Bench, started: dt.datetime, seconds: float) -> str:
                     f"| {fmt(c.p99_ms, 2)} | {fmt(c.rss_mb)} | {fmt(c.cpu_ms, 2)} "
                     f"| {ratio(c.rate, ref_pt)} | {ratio(c.rate, ref_pf)} "
                     f"| {fmt(c.client_rate)} | {c.tp_n}/{c.lat_n} "
-                    f"| {c.lat_rounds} | {'; '.join(c.notes)} |"
+                    f"| {c.tp_rounds}/{c.lat_rounds} | {'; '.join(c.notes)} |"
                 )
         lines.append("")
     if bench.linear:
