@@ -101,12 +101,13 @@ REPORT_HOLD = 0.01
 
 
 class HeldReports:
-    """Observer calls held until the gateway next waits on a client, then made in order.
+    """Observer calls held until the gateway has time for them, then made in order.
 
     A client that is quick to follow up (the next MAIL FROM right after the 250) would
     otherwise wait for the audit line and the metrics of its previous message. They are made
-    once the next reply to a client is written (the gateway then waits for the client's next
-    command), when a connection ends, at shutdown, or after ``REPORT_HOLD`` seconds at most.
+    once a message has been written upstream (the gateway then waits for the upstream's
+    reply, its longest wait), when a connection ends, at shutdown, or after ``REPORT_HOLD``
+    seconds at most.
     """
 
     def __init__(self, hold: float = REPORT_HOLD) -> None:
@@ -124,8 +125,8 @@ class HeldReports:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.hold, self.flush)
 
-    def replied(self) -> None:
-        """A reply was written to a client: make the held calls as soon as the loop is free."""
+    def soon(self) -> None:
+        """Make the held calls as soon as the loop is free (the gateway is about to wait)."""
         if self._calls and not self._queued:
             self._queued = True
             asyncio.get_running_loop().call_soon(self.flush)

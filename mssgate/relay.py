@@ -47,6 +47,17 @@ class RelayOutcome:
     """The upstream's reply text (queue id...) or the outbox file."""
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryHooks:
+    """What the caller of :meth:`SmtpRelay.deliver` is told along the way (both optional)."""
+
+    written: Callable[[], None] | None = None
+    """The message and its final dot were written: the gateway now waits on the upstream."""
+    accepted: Callable[[str], None] | None = None
+    """The upstream's 250 to the message, with its text, as soon as it is read (before the
+    delivery's coroutines unwind: the client can be answered at once)."""
+
+
 class RelayFailure(Exception):
     """A delivery that did not happen, as the SMTP reply the client must get."""
 
@@ -225,13 +236,12 @@ class SmtpRelay:
         delivery: Delivery,
         mail_options: tuple[str, ...],
         prepared: asyncio.Task[PreparedTransaction] | None = None,
-        accepted: Callable[[str], None] | None = None,
+        hooks: DeliveryHooks | None = None,
     ) -> RelayOutcome:
         """One whole upstream transaction within the route's time budget.
 
-        ``accepted``: called with the upstream's text as soon as its 250 to the message is
-        read, before this returns (the client can be answered without waiting for the
-        unwinding).
+        ``hooks``: told when the message is written and when the upstream accepted it
+        (:class:`DeliveryHooks`).
 
         ``prepared``: the envelope already opened by :meth:`prepare` while the message came
         in; used when it got as far as DATA for these very recipients, recently, else closed
@@ -255,12 +265,12 @@ class SmtpRelay:
             async with asyncio.timeout(self.config.timeout):
                 if ready is not None:
                     client = ready.client
-                    detail = await self._send_message(client, delivery, ready.sent_size, accepted)
+                    detail = await self._send_message(client, delivery, ready.sent_size, hooks)
                 else:
                     client, reused = await self._acquire()
                     try:
                         detail = await self._transaction(
-                            client, mail_from, delivery, mail_options, accepted
+                            client, mail_from, delivery, mail_options, hooks
                         )
                     except _StaleConnection:
                         if not reused:
@@ -268,7 +278,7 @@ class SmtpRelay:
                         client.close()
                         client, _ = await self._acquire(fresh=True)
                         detail = await self._transaction(
-                            client, mail_from, delivery, mail_options, accepted
+                            client, mail_from, delivery, mail_options, hooks
                         )
         except BaseException as exc:
             if client is not None:
@@ -402,7 +412,7 @@ class SmtpRelay:
         mail_from: str,
         delivery: Delivery,
         mail_options: tuple[str, ...],
-        accepted: Callable[[str], None] | None = None,
+        hooks: DeliveryHooks | None = None,
     ) -> str:
         if not _pipelining_possible(client):
             # An aiosmtplib without the internals used here: its own DATA (the message is
@@ -410,7 +420,7 @@ class SmtpRelay:
             await self._open_data(client, mail_from, delivery.recipients, mail_options, data=False)
             return str((await client.data(delivery.message)).message)
         await self._open_data(client, mail_from, delivery.recipients, mail_options)
-        return await self._send_message(client, delivery, 0, accepted)
+        return await self._send_message(client, delivery, 0, hooks)
 
     async def _open_data(
         self,
@@ -527,10 +537,10 @@ class SmtpRelay:
         client: aiosmtplib.SMTP,
         delivery: Delivery,
         skip: int = 0,
-        accepted: Callable[[str], None] | None = None,
+        hooks: DeliveryHooks | None = None,
     ) -> str:
         """After the upstream's 354: the message (from ``skip``, what was sent ahead), the
-        final dot (one write), its reply (a 250 also told to ``accepted``, first thing)."""
+        final dot (one write), its reply (a 250 also told to the hooks, first thing)."""
         protocol: Any = client.protocol
         if skip >= len(delivery.message):
             # All of it went ahead (it ended at a line end): only the final dot is left.
@@ -541,7 +551,13 @@ class SmtpRelay:
         async with protocol._command_lock:
             protocol._response_pending = True
             write_all(protocol, pieces)
-            response = await next_response(protocol, accepted and _on_250(accepted))
+            accepted = None
+            if hooks is not None:
+                if hooks.written is not None:
+                    hooks.written()
+                if hooks.accepted is not None:
+                    accepted = _on_250(hooks.accepted)
+            response = await next_response(protocol, accepted)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
         return str(response.message)

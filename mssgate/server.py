@@ -46,7 +46,15 @@ from mssgate.events import DecisionEvent, HeldReports, Observers
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
-from mssgate.relay import PreparedTransaction, Relay, RelayFailure, SmtpRelay, discard, opened
+from mssgate.relay import (
+    DeliveryHooks,
+    PreparedTransaction,
+    Relay,
+    RelayFailure,
+    SmtpRelay,
+    discard,
+    opened,
+)
 from mssgate.schema import ListenConfig
 from mssgate.texts import render, smtp_reply
 from mssgate.wire import DataReader, longest_header_line
@@ -295,7 +303,7 @@ class GatewaySMTP(SMTP):
             self.counter.close(self.counted_client)
             self.counted_client = None
             self.observers.connection(False)
-        self._reports.replied()
+        self._reports.soon()
         super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
@@ -318,7 +326,6 @@ class GatewaySMTP(SMTP):
         else:
             response = bytes(status)
         transport.write(response + b"\r\n")
-        self._reports.replied()
         return True
 
     def data_received(self, data: bytes) -> None:
@@ -549,33 +556,67 @@ class GatewayHandler:
         size_out: int = 0,
         duration: float = 0.0,
     ) -> None:
-        """Report one answered decision to the observers (audit trail, metrics): the event
-        is made now, the observers hear of it once the gateway is free (:class:`HeldReports`)."""
+        """Report one answered decision to the observers (audit trail, metrics) once the
+        gateway is free (:class:`HeldReports`): what may change by then (the time, the
+        authenticated user, the envelope's sender) is taken now."""
+        sender = "" if envelope.mail_from in (None, "<>") else str(envelope.mail_from)
+        self.held.add(
+            self._decided,
+            session,
+            (time.time(), self._login(session), sender),
+            stage,
+            reply,
+            rule,
+            recipients,
+            decision,
+            upstream,
+            size_in,
+            size_out,
+            duration,
+        )
+
+    def _decided(
+        self,
+        session: Session,
+        answered: tuple[float, str | None, str],
+        stage: str,
+        reply: str,
+        rule: str | None,
+        recipients: tuple[tuple[str, str], ...],
+        decision: Decision | None,
+        upstream: str | None,
+        size_in: int,
+        size_out: int,
+        duration: float,
+    ) -> None:
+        """The event of one answered decision, to every observer."""
+        when, user, sender = answered
         code = int(reply[:3])
         rest = reply[4:].split(" ", 1)
         enhanced = rest[0] if rest and rest[0][:1].isdigit() else ""
         action = "accept" if code < 300 else "tempfail" if code < 500 else "reject"
-        event = DecisionEvent(
-            time=time.time(),
-            session=str(getattr(session, "mssgate_id", "")),
-            peer=str(getattr(session, "peer", "")),
-            user=self._login(session),
-            stage=stage,
-            sender="" if envelope.mail_from in (None, "<>") else str(envelope.mail_from),
-            recipients=recipients,
-            action=action,
-            rule=rule,
-            smtp_code=code,
-            enhanced_code=enhanced,
-            routes=tuple(d.route.value for d in decision.deliveries) if decision else (),
-            upstream=upstream,
-            size_in=size_in,
-            size_out=size_out,
-            message_id=decision.message_id if decision else None,
-            signature_added=decision.signature_added if decision else False,
-            duration=duration,
+        self.observers.decision(
+            DecisionEvent(
+                time=when,
+                session=str(getattr(session, "mssgate_id", "")),
+                peer=str(getattr(session, "peer", "")),
+                user=user,
+                stage=stage,
+                sender=sender,
+                recipients=recipients,
+                action=action,
+                rule=rule,
+                smtp_code=code,
+                enhanced_code=enhanced,
+                routes=tuple(d.route.value for d in decision.deliveries) if decision else (),
+                upstream=upstream,
+                size_in=size_in,
+                size_out=size_out,
+                message_id=decision.message_id if decision else None,
+                signature_added=decision.signature_added if decision else False,
+                duration=duration,
+            )
         )
-        self.held.add(self.observers.decision, event)
 
     @staticmethod
     def _client_allowed(policy: Policy, session: Session) -> bool:
@@ -791,32 +832,6 @@ class GatewayHandler:
         raw = envelope.original_content or b""
         reply, rule, decision, upstream, size_out = await self._data(server, session, envelope, raw)
         # (The observers hear of it once the gateway is free: see _emit.)
-        self._report_data(
-            session,
-            envelope,
-            reply,
-            rule,
-            decision,
-            upstream,
-            len(raw),
-            size_out,
-            time.monotonic() - started,
-        )
-        return reply
-
-    def _report_data(
-        self,
-        session: Session,
-        envelope: TransactionState,
-        reply: str,
-        rule: str | None,
-        decision: Decision | None,
-        upstream: str | None,
-        size_in: int,
-        size_out: int,
-        duration: float,
-    ) -> None:
-        """The audit event of a message decided at DATA."""
         if decision is not None:
             recipients = tuple((c.address, c.kind.value) for c in decision.recipients)
         else:
@@ -834,10 +849,11 @@ class GatewayHandler:
             recipients=recipients,
             decision=decision,
             upstream=upstream,
-            size_in=size_in,
+            size_in=len(raw),
             size_out=size_out,
-            duration=duration,
+            duration=time.monotonic() - started,
         )
+        return reply
 
     async def _data(
         self, server: SMTP, session: Session, envelope: TransactionState, raw: bytes
@@ -907,7 +923,11 @@ class GatewayHandler:
                         delivery,
                         tuple(envelope.mail_options),
                         prepared=prepared,
-                        accepted=answer if len(decision.deliveries) == 1 else None,
+                        hooks=DeliveryHooks(
+                            # (Held reports are made while the upstream reads the message.)
+                            written=self.held.soon,
+                            accepted=answer if len(decision.deliveries) == 1 else None,
+                        ),
                     )
                 else:
                     outcome = await relay.deliver(
@@ -942,12 +962,13 @@ class GatewayHandler:
             details.append(outcome.detail)
             size_out += len(delivery.message)
         # Per-message success is the audit trail's job; the log keeps what needs attention.
-        log.debug(
-            "%s message relayed via %s%s",
-            session.peer,
-            "+".join(d.route.value for d in decision.deliveries),
-            " (signature added)" if decision.signature_added else "",
-        )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s message relayed via %s%s",
+                session.peer,
+                "+".join(d.route.value for d in decision.deliveries),
+                " (signature added)" if decision.signature_added else "",
+            )
         reply = envelope.answered or self._accepted_reply(decision, details, envelope)
         return reply, None, decision, " ; ".join(details), size_out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def test_reloads_are_reported(tmp_path: Path) -> None:
     assert holder.policy.document.routes.mssante.upstream is not None
 
 
-async def test_held_reports_wait_for_the_next_reply_then_keep_their_order(
+async def test_held_reports_wait_until_asked_then_keep_their_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     made: list[str] = []
@@ -118,14 +119,14 @@ async def test_held_reports_wait_for_the_next_reply_then_keep_their_order(
     held.add(broken)
     held.add(made.append, "second")
     await asyncio.sleep(0.01)
-    assert made == [] and len(held) == 3  # nothing replied yet: still held
-    held.replied()
-    held.replied()  # (one flush for both)
-    assert made == []  # made once the loop is free, not inside the reply's write
+    assert made == [] and len(held) == 3  # not asked yet: still held
+    held.soon()
+    held.soon()  # (one flush for both)
+    assert made == []  # made once the loop is free, not inside the caller's step
     await asyncio.sleep(0)
     assert made == ["first", "second"] and len(held) == 0
     assert "report broken failed" in caplog.text
-    held.replied()  # nothing held: nothing scheduled
+    held.soon()  # nothing held: nothing scheduled
     await asyncio.sleep(0)
     assert made == ["first", "second"]
 
@@ -153,7 +154,7 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
 
 
 async def test_a_pipelined_client_gets_each_report_in_order_with_its_own_sender() -> None:
-    # The report of a message is made after the next reply: a client that pipelines the next
+    # The report of a message is made later (HeldReports): a client that pipelines the next
     # transaction behind the message must not see its sender or its refusal mixed up.
     recorder = Recorder()
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
@@ -192,3 +193,58 @@ async def test_a_pipelined_client_gets_each_report_in_order_with_its_own_sender(
     ]
     assert recorder.decisions[0].time <= recorder.decisions[1].time
     assert [r[2] for r in recorder.relays] == ["ok"]
+
+
+class StampedRecorder(Recorder):
+    """A recorder that notes when each decision reached it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made_at: list[float] = []
+
+    def decision(self, event: DecisionEvent) -> None:
+        super().decision(event)
+        self.made_at.append(time.monotonic())
+
+
+async def test_a_report_is_made_while_the_next_message_waits_on_the_upstream() -> None:
+    recorder = StampedRecorder()
+    async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
+        policy = make_policy(mssante.port, ordinary.port)
+        relays = build_relays(policy.route_configs(), "mssgate.test", {})
+        async with Gateway(
+            lambda: policy, relays, host=LOOPBACK, port=0, observers=Observers([recorder])
+        ) as gateway:
+            gateway.handler.held.hold = 60.0  # (no timer: only the upstream wait makes them)
+            reader, writer = await asyncio.open_connection(LOOPBACK, gateway.port)
+            body = message(DR, GMAIL).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            answered: list[float] = []
+            try:
+                assert (await _reply(reader)).startswith(b"220")
+                writer.write(b"EHLO client.test\r\n")
+                assert (await _reply(reader)).startswith(b"250")
+                for delay in (0.0, 0.3):
+                    ordinary.behaviour.data_delay = delay
+                    writer.write(f"MAIL FROM:<{DR}>\r\nRCPT TO:<{GMAIL}>\r\nDATA\r\n".encode())
+                    codes = [(await _reply(reader))[:3] for _ in range(3)]
+                    assert codes == [b"250", b"250", b"354"]
+                    writer.write(body + b".\r\n")
+                    assert (await _reply(reader)).startswith(b"250")
+                    answered.append(time.monotonic())
+                    if delay == 0.0:
+                        await asyncio.sleep(0.05)
+                        assert recorder.decisions == []  # held: nothing asked for it yet
+                writer.write(b"QUIT\r\n")
+                assert (await _reply(reader)).startswith(b"221")
+            finally:
+                writer.close()
+            for _ in range(200):
+                if len(recorder.decisions) == 2:
+                    break
+                await asyncio.sleep(0.01)
+    assert [(e.stage, e.action) for e in recorder.decisions] == [("data", "accept")] * 2
+    first_made = recorder.made_at[0]
+    # The first message's report: after its 250, while the second one was with the upstream
+    # (which held it 0.3 s before answering), not after the second 250.
+    assert answered[0] < first_made < ordinary.received[1].at < answered[1]
+    assert recorder.made_at[1] > answered[1]
