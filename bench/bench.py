@@ -62,8 +62,9 @@ TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
 LATENCY_ROUNDS = 10
 """Interleaved latency rounds per size and concurrency (fewer when the counts are small)."""
-THROUGHPUT_ROUNDS = 4
-"""Interleaved throughput rounds per size and concurrency (fewer when the counts are small)."""
+THROUGHPUT_ROUNDS = 8
+"""Interleaved throughput rounds per size and concurrency (fewer when the counts are small):
+the shorter each round, the more evenly the rows share the machine's slow spells."""
 
 ROWS = ("sink direct", "pass-through", "Postfix", "mssgate ordinary", "mssgate MSSanté")
 
@@ -654,9 +655,15 @@ class Bench:
                         self.procs, target, path, sessions, share, mode.cap
                     )
                     arrived = sink.wait_for(before + share, max(1.0, mode.cap - accept_s))
-                    seconds[index] += time.perf_counter() - start
+                    took = time.perf_counter() - start
+                    seconds[index] += took
                     accept_seconds[index] += accept_s
                     got[index] += sink.messages - before
+                    print(
+                        f"      round {turn + 1}/{rounds} {target.row:<17} "
+                        f"{(sink.messages - before) / max(took, 1e-9):8.1f} msg/s",
+                        file=sys.stderr,
+                    )
                     if not (finished and arrived):
                         cell.notes.append(
                             f"throughput capped at {mode.cap:.0f} s "
