@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -153,40 +155,63 @@ async def _reply(reader: asyncio.StreamReader) -> bytes:
             return line
 
 
-async def test_a_pipelined_client_gets_each_report_in_order_with_its_own_sender() -> None:
-    # The report of a message is made later (HeldReports): a client that pipelines the next
-    # transaction behind the message must not see its sender or its refusal mixed up.
-    recorder = Recorder()
+async def _codes(reader: asyncio.StreamReader, count: int) -> list[bytes]:
+    """The codes of the next ``count`` replies."""
+    return [(await _reply(reader))[:3] for _ in range(count)]
+
+
+@contextlib.asynccontextmanager
+async def _gateway(observer: Recorder) -> AsyncIterator[tuple[Gateway, CaptureUpstream]]:
+    """A gateway reporting to ``observer``, and its ordinary upstream."""
     async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
         policy = make_policy(mssante.port, ordinary.port)
         relays = build_relays(policy.route_configs(), "mssgate.test", {})
         async with Gateway(
-            lambda: policy, relays, host=LOOPBACK, port=0, observers=Observers([recorder])
+            lambda: policy, relays, host=LOOPBACK, port=0, observers=Observers([observer])
         ) as gateway:
-            reader, writer = await asyncio.open_connection(LOOPBACK, gateway.port)
-            try:
-                assert (await _reply(reader)).startswith(b"220")
-                writer.write(b"EHLO client.test\r\n")
-                assert (await _reply(reader)).startswith(b"250")
-                writer.write(f"MAIL FROM:<{DR}>\r\nRCPT TO:<{GMAIL}>\r\nDATA\r\n".encode())
-                codes = [(await _reply(reader))[:3] for _ in range(3)]
-                assert codes == [b"250", b"250", b"354"]
-                body = message(DR, GMAIL).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-                writer.write(
-                    body
-                    + b".\r\n"
-                    + f"MAIL FROM:<{BAL}>\r\nRCPT TO:<{CONFRERE}>\r\n".encode()
-                    + f"RCPT TO:<{GMAIL}>\r\nQUIT\r\n".encode()
-                )
-                codes = [(await _reply(reader))[:3] for _ in range(5)]
-                assert codes == [b"250", b"250", b"250", b"550", b"221"]
-            finally:
-                writer.close()
-            # The connection's end makes what is held; wait for it (bounded).
-            for _ in range(200):
-                if len(recorder.decisions) == 2:
-                    break
-                await asyncio.sleep(0.01)
+            yield gateway, ordinary
+
+
+@contextlib.asynccontextmanager
+async def _session(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A raw SMTP session, greeted and past EHLO; closed at the end."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        assert (await _reply(reader)).startswith(b"220")
+        writer.write(b"EHLO client.test\r\n")
+        assert (await _reply(reader)).startswith(b"250")
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def _until_reported(recorder: Recorder, count: int) -> None:
+    """Wait (bounded) until ``count`` decisions reached ``recorder``."""
+    for _ in range(200):
+        if len(recorder.decisions) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+BODY = message(DR, GMAIL).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+OPEN_DATA = f"MAIL FROM:<{DR}>\r\nRCPT TO:<{GMAIL}>\r\nDATA\r\n".encode()
+
+
+async def test_a_pipelined_client_gets_each_report_in_order_with_its_own_sender() -> None:
+    # The report of a message is made later (HeldReports): a client that pipelines the next
+    # transaction behind the message must not see its sender or its refusal mixed up.
+    recorder = Recorder()
+    async with _gateway(recorder) as (gateway, _), _session(gateway.port) as (reader, writer):
+        writer.write(OPEN_DATA)
+        assert await _codes(reader, 3) == [b"250", b"250", b"354"]
+        writer.write(
+            BODY
+            + b".\r\n"
+            + f"MAIL FROM:<{BAL}>\r\nRCPT TO:<{CONFRERE}>\r\n".encode()
+            + f"RCPT TO:<{GMAIL}>\r\nQUIT\r\n".encode()
+        )
+        assert await _codes(reader, 5) == [b"250", b"250", b"250", b"550", b"221"]
+        await _until_reported(recorder, 2)  # (the connection's end makes what is held)
     assert [(e.stage, e.action, e.sender) for e in recorder.decisions] == [
         ("data", "accept", DR),
         ("rcpt", "reject", BAL),
@@ -209,39 +234,23 @@ class StampedRecorder(Recorder):
 
 async def test_a_report_is_made_while_the_next_message_waits_on_the_upstream() -> None:
     recorder = StampedRecorder()
-    async with CaptureUpstream() as mssante, CaptureUpstream() as ordinary:
-        policy = make_policy(mssante.port, ordinary.port)
-        relays = build_relays(policy.route_configs(), "mssgate.test", {})
-        async with Gateway(
-            lambda: policy, relays, host=LOOPBACK, port=0, observers=Observers([recorder])
-        ) as gateway:
-            gateway.handler.held.hold = 60.0  # (no timer: only the upstream wait makes them)
-            reader, writer = await asyncio.open_connection(LOOPBACK, gateway.port)
-            body = message(DR, GMAIL).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            answered: list[float] = []
-            try:
-                assert (await _reply(reader)).startswith(b"220")
-                writer.write(b"EHLO client.test\r\n")
-                assert (await _reply(reader)).startswith(b"250")
-                for delay in (0.0, 0.3):
-                    ordinary.behaviour.data_delay = delay
-                    writer.write(f"MAIL FROM:<{DR}>\r\nRCPT TO:<{GMAIL}>\r\nDATA\r\n".encode())
-                    codes = [(await _reply(reader))[:3] for _ in range(3)]
-                    assert codes == [b"250", b"250", b"354"]
-                    writer.write(body + b".\r\n")
-                    assert (await _reply(reader)).startswith(b"250")
-                    answered.append(time.monotonic())
-                    if delay == 0.0:
-                        await asyncio.sleep(0.05)
-                        assert recorder.decisions == []  # held: nothing asked for it yet
-                writer.write(b"QUIT\r\n")
-                assert (await _reply(reader)).startswith(b"221")
-            finally:
-                writer.close()
-            for _ in range(200):
-                if len(recorder.decisions) == 2:
-                    break
-                await asyncio.sleep(0.01)
+    answered: list[float] = []
+    async with _gateway(recorder) as (gateway, ordinary):
+        gateway.handler.held.hold = 60.0  # (no timer: only the upstream wait makes them)
+        async with _session(gateway.port) as (reader, writer):
+            for delay in (0.0, 0.3):
+                ordinary.behaviour.data_delay = delay
+                writer.write(OPEN_DATA)
+                assert await _codes(reader, 3) == [b"250", b"250", b"354"]
+                writer.write(BODY + b".\r\n")
+                assert await _codes(reader, 1) == [b"250"]
+                answered.append(time.monotonic())
+                if delay == 0.0:
+                    await asyncio.sleep(0.05)
+                    assert recorder.decisions == []  # held: nothing asked for it yet
+            writer.write(b"QUIT\r\n")
+            assert await _codes(reader, 1) == [b"221"]
+        await _until_reported(recorder, 2)
     assert [(e.stage, e.action) for e in recorder.decisions] == [("data", "accept")] * 2
     first_made = recorder.made_at[0]
     # The first message's report: after its 250, while the second one was with the upstream
