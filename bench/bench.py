@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -761,17 +760,13 @@ class Bench:
         """Wait until ``target`` uses no more processor (its CPU time still for 0.2 s), so that
         the next row's round does not share the machine with its leftovers (Postfix goes on
         working after the sink got its messages: queue files removed, its log written)."""
-        if target.postfix is not None:
-            used: Callable[[], float] = self.postfix_cpu
-        elif target.pid is not None:
-            used = functools.partial(cpu_seconds, target.pid)
-        else:
-            return
+        if target.postfix is None and target.pid is None:
+            return  # (the sink)
         stop_at = time.monotonic() + timeout
-        last = used()
+        last = self.target_cpu(target)
         while time.monotonic() < stop_at:
             time.sleep(0.2)
-            now = used()
+            now = self.target_cpu(target)
             if now - last < TICK / 2:
                 return
             last = now
