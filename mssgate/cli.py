@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
-import gc
 import json
 import logging
 import signal
@@ -18,6 +16,7 @@ from typing import Any
 from mssgate.auth import hash_password
 from mssgate.config import ConfigError, LoadedPolicy, load_policy
 from mssgate.decide import decide
+from mssgate.memory import settle_memory
 from mssgate.model import Envelope
 from mssgate.report_cli import add_report_parser
 from mssgate.schema import PolicyDocument
@@ -38,49 +37,6 @@ def _print_errors(exc: ConfigError) -> None:
     print("politique refusée :", file=sys.stderr)
     for line in exc.errors:
         print(f"  {line}", file=sys.stderr)
-
-
-_GC_YOUNG = 20_000
-"""Allocations between young collections (the default, 700, runs one every few messages)."""
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-"""glibc's ``mallopt`` parameters (malloc.h)."""
-_MMAP_THRESHOLD = 32 * 1024 * 1024
-"""Blocks below this come from the heap, not from a mapping of their own (glibc's maximum)."""
-_TRIM_THRESHOLD = 64 * 1024 * 1024
-"""Free memory kept at the top of the heap before any is given back to the system."""
-
-
-def tune_allocator() -> bool:
-    """glibc's malloc, told to keep message-sized blocks in memory it already has.
-
-    A big message is held three times (the chunks read, the message joined, the signed copy)
-    and let go a few milliseconds later. By default glibc maps each block of a few MB on its
-    own, or gives the freed top of the heap back to the system, and the next message touches
-    fresh pages again: some 3,700 page faults for a 5 MB message, a third of its processor
-    time. Past the thresholds above, memory goes back to the system as before. True when the
-    C library took both settings (elsewhere than glibc its defaults stay)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    mapped = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-    trimmed = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-    return bool(mapped and trimmed)
-
-
-def settle_memory() -> None:
-    """Once started: the objects that live as long as the process (modules, the policy, the
-    national list) leave the garbage collector's view, and young collections run less often,
-    so that a full collection does not stall a message in flight (the latency's tail); the
-    allocator keeps message buffers (:func:`tune_allocator`)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(_GC_YOUNG, 20, 20)
-    tune_allocator()
 
 
 async def _serve(

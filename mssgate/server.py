@@ -43,6 +43,7 @@ from mssgate.decide import (
 )
 from mssgate.dnscheck import DomainChecker
 from mssgate.events import DecisionEvent, HeldReports, Observers
+from mssgate.memory import collect_if_due
 from mssgate.model import Action, Decision, Envelope, Route, Verdict
 from mssgate.policy import Policy
 from mssgate.privacy import pseudonymise
@@ -531,6 +532,13 @@ class GatewayHandler:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _upstream_reading(self) -> None:
+        """A message was just written upstream and the gateway waits for its reply, its
+        longest wait: the held reports are made now, then a garbage collection that is due
+        (:func:`collect_if_due`), rather than in a later message's way."""
+        self.held.soon()
+        asyncio.get_running_loop().call_soon(collect_if_due)
+
     @staticmethod
     def _reply(code: int, enhanced: str, text: str, envelope: Any) -> str:
         return smtp_reply(code, enhanced, text, utf8=bool(getattr(envelope, "smtp_utf8", False)))
@@ -924,8 +932,7 @@ class GatewayHandler:
                         tuple(envelope.mail_options),
                         prepared=prepared,
                         hooks=DeliveryHooks(
-                            # (Held reports are made while the upstream reads the message.)
-                            written=self.held.soon,
+                            written=self._upstream_reading,
                             accepted=answer if len(decision.deliveries) == 1 else None,
                         ),
                     )

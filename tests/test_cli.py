@@ -153,7 +153,7 @@ async def test_serve_without_argument_runs_the_demo(tmp_path: Path) -> None:
 
 _ALLOCATION_CYCLES = """
 import resource, sys
-from mssgate.cli import tune_allocator
+from mssgate.memory import tune_allocator
 
 tuned = tune_allocator() if sys.argv[1] == "tuned" else None
 
