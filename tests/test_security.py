@@ -524,3 +524,34 @@ async def test_big_message_sent_ahead_over_upstream_starttls(
     assert upstream.tls_sessions == 1
     assert [r.data for r in upstream.received] == [raw]
     assert sum(sent_ahead) > len(raw) // 2
+
+
+async def test_an_auth_dialogue_answer_is_never_taken_for_a_command(tls: TlsFiles) -> None:
+    # A plain MAIL FROM line is answered as soon as it arrives (mssgate.commands), except
+    # where the session waits for something else: here, AUTH LOGIN's user name.
+    async with secure_stack(tls) as stack:
+        reader, writer = await asyncio.open_connection(LOOPBACK, stack.gateway.port)
+        await reader.readline()
+
+        async def say(line: str) -> bytes:
+            writer.write(line.encode() + b"\r\n")
+            while (reply := await asyncio.wait_for(reader.readline(), 5))[3:4] == b"-":
+                pass
+            return reply
+
+        await say("EHLO client.test")
+        assert (await say("STARTTLS")).startswith(b"220")
+        await writer.start_tls(stack.tls.client_context())
+        await say("EHLO client.test")
+        assert (await say(f"MAIL FROM:<{BAL}>")).startswith(b"530")  # (not authenticated)
+        assert (await say("AUTH LOGIN")).startswith(b"334")
+        answer = await say(f"MAIL FROM:<{BAL}>")  # as the user name: not base64
+        assert answer[:1] in (b"5", b"4") and not answer.startswith(b"250")
+        import base64
+
+        token = base64.b64encode(b"\x00a.martin\x00" + PASSWORDS["a.martin"].encode())
+        assert (await say("AUTH PLAIN " + token.decode())).startswith(b"235")
+        assert (await say(f"MAIL FROM:<{BAL}>")).startswith(b"250")
+        assert (await say(f"RCPT TO:<{CONFRERE}>")).startswith(b"250")
+        writer.close()
+    assert stack.delivered() == 0
