@@ -20,6 +20,7 @@ CORE = [
     "decide.py",
     "texts.py",
     "wire.py",
+    "commands.py",
     *[f"rules/{p.name}" for p in (PACKAGE / "rules").glob("*.py")],
 ]
 FORBIDDEN = {
