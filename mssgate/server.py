@@ -1103,20 +1103,21 @@ class GatewayHandler:
 
     @staticmethod
     async def _write_ahead(envelope: TransactionState, raw: bytes) -> None:
-        """Before deciding: a message for the MSSanté route goes to the upstream transaction
-        opened while it came in (given the few loop turns that bring in a 354 already
-        received: :func:`opened`), so that the upstream reads it while the filter decides.
-        Nothing is final: the upstream gets the final dot only if the message is accepted and
-        relayed as exactly these bytes (:meth:`SmtpRelay.deliver`), else the connection is
-        dropped and the upstream forgets it. An ordinary upstream never gets content ahead
+        """Before deciding: each upstream transaction opened while the message came in gets
+        the few loop turns that bring in a 354 already received (:func:`opened`, never a wait
+        on the upstream), so that the message goes upstream as soon as it is decided, without
+        another turn of the loop. A message for the MSSanté route then goes to its upstream,
+        so that the upstream reads it while the filter decides. Nothing is final: the
+        upstream gets the final dot only if the message is accepted and relayed as exactly
+        these bytes (:meth:`SmtpRelay.deliver`), else the connection is dropped and the
+        upstream forgets it. An ordinary upstream never gets content ahead
         (:func:`may_go_ahead`)."""
-        if not envelope.dot_free:
-            return  # (lines to dot-stuff on the way out, or bare line endings made CRLF)
         for route, task in list(envelope.prepared.items()):
-            if may_go_ahead(route):
-                ready = await opened(task)
-                if ready is not None:
-                    ready.send_rest(raw)
+            ready = await opened(task)
+            if ready is not None and envelope.dot_free and may_go_ahead(route):
+                # (Not when lines need dot-stuffing on the way out, or bare line endings
+                # were made CRLF.)
+                ready.send_rest(raw)
 
     def prepare(self, envelope: TransactionState) -> None:
         """Open the upstream transactions this message will need if accepted (the routes

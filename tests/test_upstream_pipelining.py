@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from mssgate import relay
+from mssgate.model import Route
+from mssgate.server import GatewayHandler, TransactionState
 from tests.conftest import Stack, running_stack
 from tests.messages import inline_forward, message
 from tests.smtp_peers import send, wait_for
@@ -136,3 +138,38 @@ async def test_upstream_refusal_of_the_message_is_the_client_s_only_reply(pstack
     result = await send(pstack.port, DR, [GMAIL], message(DR, GMAIL))
     assert result.code == 554 and "Rejected by the upstream" in result.text
     assert pstack.delivered() == 0
+
+
+class _Opened:
+    """What an opened upstream transaction is asked before the decision."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_rest(self, message: bytes) -> bool:
+        self.sent.append(message)
+        return True
+
+
+@pytest.mark.parametrize("route", [Route.ORDINARY, Route.MSSANTE])
+async def test_a_354_already_received_is_read_before_the_decision(route: Route) -> None:
+    """The upstream's 354, once read by the loop, reaches the opening task a turn or two
+    later: those turns are given before deciding (so that an accepted message goes upstream
+    at once), on either route; only the MSSanté route's upstream gets the message then."""
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[None] = loop.create_future()
+    opened = _Opened()
+
+    async def opening() -> _Opened:
+        await reply
+        return opened
+
+    task = loop.create_task(opening())
+    await asyncio.sleep(0)  # (the task waits for the upstream's 354)
+    loop.call_soon(reply.set_result, None)  # the 354 read: the task is woken next turn
+    envelope = TransactionState()
+    envelope.prepared[route] = task  # type: ignore[assignment]
+    envelope.dot_free = True
+    await GatewayHandler._write_ahead(envelope, b"Subject: x\r\n\r\nBonjour\r\n")
+    assert task.done()
+    assert opened.sent == ([b"Subject: x\r\n\r\nBonjour\r\n"] if route is Route.MSSANTE else [])
