@@ -84,6 +84,8 @@ COPIES_IN_FLIGHT = 3
 """How many times a message's size counts against ``listen.max_inflight_bytes``."""
 _MARGIN = 15.0
 """Seconds left to answer the client after the upstream budget ran out."""
+START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+"""The reply to DATA (aiosmtpd's text)."""
 _CALL_LIMITS = {
     "NOOP": 100,
     "RSET": 200,
@@ -232,7 +234,10 @@ class GatewaySMTP(SMTP):
         self._dialogue = 0
         """AUTH dialogues under way (their lines are not commands)."""
         self._fast_commands = 0
-        """Commands answered by :meth:`_answer_now` (counted against the call limit)."""
+        """Commands answered by :meth:`_answer_now` (MAIL and RCPT: counted against the
+        call limit; aiosmtpd counts the DATA lines, which go on to it)."""
+        self._data_announced = False
+        """The 354 of the DATA line under way was written by :meth:`_answer_now`."""
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         """aiosmtpd's idle timer, moved without a new timer per command: the one armed
@@ -348,7 +353,9 @@ class GatewaySMTP(SMTP):
         (:mod:`mssgate.commands`) arriving while the session waits for its next command in
         a state where aiosmtpd would hand it straight to the handler: the same checks and
         the same reply, without waking the session's task and its parser (a third of a
-        command's time). False, with nothing done, in every other case."""
+        command's time). False, with nothing done, in every other case; except that a
+        ``DATA`` line that :meth:`smtp_DATA` would accept gets its 354 at once, and goes
+        on to it (which then writes no 354 of its own)."""
         reader: Any = self._reader
         handler = self.event_handler
         session = self.session
@@ -374,6 +381,17 @@ class GatewaySMTP(SMTP):
             return False
         command = envelope_command(data, self.local_part_limit)
         if command is None:
+            if (
+                len(data) == 6
+                and data.upper() == b"DATA\r\n"
+                and envelope.rcpt_tos
+                and not self.budget.full()
+            ):
+                # The 354 now; the line still goes to aiosmtpd, whose smtp_DATA (below)
+                # sets the transfer up while the client starts sending.
+                self.write_reply(START_DATA)
+                self._data_announced = True
+                self._fast_commands += 1
             return False
         if command.verb == "MAIL":
             limit = self.data_size_limit
@@ -482,26 +500,32 @@ class GatewaySMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         """DATA read in chunks as they arrive (not line by line), with its own time budget for
         the whole transfer, the message size limit and the in-flight memory budget."""
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
+        announced, self._data_announced = self._data_announced, False
         messages = self.event_handler.current_policy().document.messages
-        if self.budget.full():
-            await self.push(smtp_reply(452, "4.3.1", messages.busy))
-            return
+        if not announced:
+            # (Announced: these checks passed when the 354 was written, and nothing may
+            # refuse the DATA now that the client sends the message.)
+            if await self.check_helo_needed():
+                return
+            if await self.check_auth_needed("DATA"):
+                return
+            assert self.envelope is not None
+            if not self.envelope.rcpt_tos:
+                await self.push("503 Error: need RCPT command")
+                return
+            if arg:
+                await self.push("501 Syntax: DATA")
+                return
+            if self.budget.full():
+                await self.push(smtp_reply(452, "4.3.1", messages.busy))
+                return
+        assert self.envelope is not None
         reader = DataReader(self.data_size_limit or 0)
         transaction = self.envelope
         try:
             done = self._start_transfer(reader)
-            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            if not announced:
+                await self.push(START_DATA)
             self._prepare_upstream()
             self._reset_timeout(self.listen.data_timeout)
             # The client going away cancels this task (aiosmtpd's connection_lost).

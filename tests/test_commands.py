@@ -143,10 +143,10 @@ async def _replies(port: int, script: list[str], split: bool) -> list[bytes]:
         for command in script:
             line = f"{command}\r\n".encode()
             if split:
-                writer.write(line[:6])
+                writer.write(line[:2])
                 await writer.drain()
                 await asyncio.sleep(0.01)
-                line = line[6:]
+                line = line[2:]
             writer.write(line)
             replies.append(await _reply(reader))
         writer.write(b"QUIT\r\n")
@@ -168,6 +168,38 @@ async def test_answers_are_the_same_as_the_usual_parsers() -> None:
     ]  # fmt: skip
     # Answered as they arrived: the plain MAIL FROM / RCPT TO in a state that allows them.
     assert (fast, slow) == (6, 0)
+
+
+MESSAGE = (
+    f"From: {DR}\r\nTo: {GMAIL}\r\nSubject: Rendez-vous\r\nMessage-ID: <rdv@cabinet-gare.fr>\r\n"
+    "\r\nBonjour,\r\nle rendez-vous est confirme.\r\n.\r\n"
+)
+TRANSACTIONS = [
+    "DATA",  # no transaction: 503
+    f"MAIL FROM:<{DR}>",
+    "DATA",  # no recipient yet: 503
+    f"RCPT TO:<{GMAIL}>",
+    "DATA 1",  # 501
+    "DATA",
+    MESSAGE,
+    f"MAIL FROM:<{DR}>",
+    f"RCPT TO:<{GMAIL}>",
+    "data",
+    MESSAGE,
+]
+
+
+async def test_a_whole_transaction_gets_the_same_answers() -> None:
+    async with _gateway() as gateway:
+        now = await _replies(gateway.port, [c.removesuffix("\r\n") for c in TRANSACTIONS], False)
+        usual = await _replies(gateway.port, [c.removesuffix("\r\n") for c in TRANSACTIONS], True)
+        fast, slow = (s._fast_commands for s in gateway.sessions)
+    assert [r[:3] for r in now] == [
+        b"503", b"250", b"503", b"250", b"501", b"354", b"250", b"250", b"250", b"354", b"250",
+    ]  # fmt: skip
+    # (The 250s of the messages name their own upstream transactions.)
+    assert [r[:4] for r in now] == [r[:4] for r in usual]
+    assert (fast, slow) == (6, 0)  # 2 MAIL, 2 RCPT, 2 DATA
 
 
 async def test_commands_in_one_packet_and_auth_answers_take_the_usual_way() -> None:
