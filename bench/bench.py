@@ -736,6 +736,14 @@ class Bench:
                 )
                 got: list[float] = result.get("durations", [])
                 durations[index] += got
+                if got:
+                    print(
+                        f"      round {turn + 1}/{rounds} {target.row:<17} "
+                        f"p50 {percentile(got, 0.50) * 1000:6.2f} ms  "
+                        f"p99 {percentile(got, 0.99) * 1000:6.2f} ms  "
+                        f"max {max(got) * 1000:6.2f} ms  ({len(got)})",
+                        file=sys.stderr,
+                    )
                 elapsed[index] += result.get("elapsed", 0.0)
                 bad = {c: n for c, n in result.get("codes", {}).items() if c != "250"}
                 if result.get("timed_out"):
