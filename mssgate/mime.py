@@ -1161,12 +1161,22 @@ _CRLF_DOT = re.compile(rb"\r\n\.")
 
 
 def _qp_encode(data: bytes, le: bytes) -> bytes:
-    """Quoted-printable (RFC 2045) with hard line breaks ``le`` and lines of at most 76."""
+    """Quoted-printable (RFC 2045) with hard line breaks ``le`` and lines of at most 76.
+
+    No encoded line starts with ``-``: the text re-encoded may hold what looks like a MIME
+    delimiter (``--boundary``) behind a bare CR or an encoded line feed, which a line break
+    of the encoding would otherwise put at the start of a line, where it would end the part.
+    """
     lines = data.replace(b"\r\n", b"\n").split(b"\n")
     out: list[bytes] = []
     safe = re.compile(rb"[\x21-\x3c\x3e-\x7e \t]*")
     for line in lines:
-        if len(line) <= 76 and safe.fullmatch(line) and not line.endswith((b" ", b"\t")):
+        if (
+            len(line) <= 76
+            and safe.fullmatch(line)
+            and not line.endswith((b" ", b"\t"))
+            and not line.startswith(b"-")
+        ):
             out.append(line)
             continue
         tokens: list[bytes] = []
@@ -1182,6 +1192,8 @@ def _qp_encode(data: bytes, le: bytes) -> bytes:
             if len(cur) + len(tok) > 75:
                 pieces.append(cur + b"=")
                 cur = b""
+            if not cur and tok == b"-":
+                tok = b"=2D"  # (see the docstring)
             cur += tok
         pieces.append(cur)
         out.append(le.join(pieces))
@@ -1362,6 +1374,8 @@ def _rewrite_plain(msg: ParsedMessage, part: Part, text: str, edits: _Edits) -> 
     if cte == "7bit" and not sig_bytes.isascii():
         new_cte = "quoted-printable"
     out_cte = new_cte or cte
+    if out_cte in ("7bit", "8bit", "binary"):
+        _check_no_delimiter(msg, sig_bytes)
     if out_cte in ("7bit", "8bit", "binary") and new_charset is None:
         # The original bytes stay as they were: the signature is inserted after them.
         edits.replace(part.body_end, part.body_end, sig_bytes)
@@ -1412,11 +1426,35 @@ def _rewrite_html(msg: ParsedMessage, part: Part, fragment: str, edits: _Edits) 
             frag_bytes = le + frag_bytes
     if cte in ("7bit", "8bit", "binary"):
         # The body is its own decoded form: the fragment is inserted, nothing else is copied.
+        _check_no_delimiter(msg, frag_bytes)
         edits.replace(part.body_start + pos, part.body_start + pos, frag_bytes)
     else:
         new_decoded = decoded[:pos] + frag_bytes + decoded[pos:]
         edits.replace(part.body_start, part.body_end, _encode_body(tb, new_decoded, cte))
     _set_part_headers(msg, part, edits, charset=None, cte=None)
+
+
+def _delimiters(msg: ParsedMessage) -> tuple[bytes, ...]:
+    """``--boundary`` of every multipart of the message, as bytes."""
+    out: list[bytes] = []
+    for part in walk(msg.root):
+        boundary = part.params.get("boundary")
+        if boundary and part.content_type.startswith("multipart/"):
+            out.append(b"--" + boundary.encode("utf-8", "replace"))
+    return tuple(out)
+
+
+def _check_no_delimiter(msg: ParsedMessage, inserted: bytes) -> None:
+    """Skip the rewrite when a line of ``inserted`` (a signature spliced in as it is) starts
+    like one of the message's MIME delimiters: it would end a part, and the message would
+    not have the structure the filter read (a signature text with a ``--outer`` line, a
+    boundary chosen to look like a line of the signature)."""
+    if b"--" not in inserted:
+        return
+    delimiters = _delimiters(msg)
+    for line in inserted.split(b"\n"):
+        if line.startswith(b"--") and line.startswith(delimiters):
+            raise _Skip("boundary_in_signature")
 
 
 def _holds(text: str, needle: str) -> bool:

@@ -1274,6 +1274,44 @@ def test_mutated_messages_never_raise(raw: bytes) -> None:
     _exercise(raw)
 
 
+def test_a_delimiter_hidden_in_a_part_stays_hidden_after_the_signature() -> None:
+    # (Found by the test above.) A bare CR before "--inner": not a delimiter, the text part
+    # runs on to "--inner--". Re-encoding it in quoted-printable with the signature broke the
+    # long line right before "--inner", which then started a line: a delimiter, and an HTML
+    # part the filter had not read appeared after the signature.
+    seed = crlf(MIXED_PDF_XDM)
+    hidden = seed.replace(b"1/1/1950.\r\n--inner", b"1/1/1950.\r--inner", 1)
+    assert hidden != seed
+    before = parse_message(hidden)
+    (alternative,) = [p for p in walk(before.root) if p.content_type == "multipart/alternative"]
+    assert [c.content_type for c in alternative.children] == ["text/plain"]
+    _exercise(hidden)  # (signed, and the structure read is the structure relayed)
+    signed = add_signature(before, SIG_TEXT, SIG_HTML, PREFERRED, skip_dkim_signed=False)
+    assert signed.added and b"\r\n=2D-inner" in signed.message
+
+
+def test_no_quoted_printable_line_starts_with_a_dash() -> None:
+    text = b"a" * 74 + b"\r--outer\r\n--outer--\n-- \nsignature"
+    encoded = mime._qp_encode(text, b"\r\n")
+    assert not any(line.startswith(b"-") for line in encoded.split(b"\r\n"))
+    assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == text.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_a_signature_line_that_looks_like_a_delimiter_is_not_spliced_in(html: bool) -> None:
+    body_type = "text/html" if html else "text/plain"
+    body = "<html><body><p>Bonjour</p></body></html>" if html else "Bonjour"
+    raw = crlf(
+        f"From: {PREFERRED}\nTo: a@b.fr\nSubject: x\nMIME-Version: 1.0\n"
+        'Content-Type: multipart/mixed; boundary="sig"\n\n--sig\n'
+        f"Content-Type: {body_type}; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+        f"{body}\n--sig--\n"
+    )
+    text, fragment = "Dr Martin\n--sig\nMSSante", "<p>Dr Martin</p>\n--sig\n<p>MSSante</p>"
+    result = add_signature(parse_message(raw), text, fragment, "x@y.fr", skip_dkim_signed=False)
+    assert (result.added, result.reason, result.message) == (False, "boundary_in_signature", raw)
+
+
 _TEXT_ALPHABET = st.characters(
     codec="utf-8",
     categories=("L", "N", "Zs"),
