@@ -879,8 +879,6 @@ class GatewayHandler:
         reply, rule = self._recipient_refusal(policy, session, envelope, address)
         if reply is None and self.domain_check is not None:
             reply, rule = await self._domain_refusal(policy, envelope, address)
-        if reply is None:
-            reply, rule = self._route_refusal(policy, envelope, address)
         return self._recipient_reply(policy, session, envelope, address, rcpt_options, reply, rule)
 
     def rcpt_reply(
@@ -889,10 +887,8 @@ class GatewayHandler:
         """:meth:`handle_RCPT`'s reply when there is no DNS check (nothing to wait for)."""
         assert self.domain_check is None
         policy = envelope.policy or self.current_policy()
-        reply, rule = self._recipient_refusal(policy, session, envelope, address)
-        if reply is None:
-            reply, rule = self._route_refusal(policy, envelope, address)
-        return self._recipient_reply(policy, session, envelope, address, rcpt_options, reply, rule)
+        refusal = self._recipient_refusal(policy, session, envelope, address)
+        return self._recipient_reply(policy, session, envelope, address, rcpt_options, *refusal)
 
     def _recipient_reply(
         self,
@@ -904,7 +900,11 @@ class GatewayHandler:
         reply: str | None,
         rule: str | None,
     ) -> str:
-        """The recipient taken (250) or its refusal remembered and reported."""
+        """The recipient taken (250) or its refusal remembered and reported, once the
+        limits, the policy and the DNS check said ``reply`` (None: nothing against it) and
+        the route is checked (:meth:`_route_refusal`)."""
+        if reply is None:
+            reply, rule = self._route_refusal(policy, envelope, address)
         if reply is None:
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)
