@@ -201,6 +201,19 @@ class Draft:
     deliveries: tuple[Delivery, ...]
     notes: tuple[str, ...]
 
+    def __init__(
+        self,
+        tx: Transaction,
+        message_id: str | None,
+        deliveries: tuple[Delivery, ...],
+        notes: tuple[str, ...],
+    ) -> None:
+        # (Written out: see mssgate.model.)
+        object.__setattr__(self, "tx", tx)
+        object.__setattr__(self, "message_id", message_id)
+        object.__setattr__(self, "deliveries", deliveries)
+        object.__setattr__(self, "notes", notes)
+
 
 def draft(policy: Policy, envelope: Envelope, raw: bytes) -> Draft:
     """Read a message and prepare its deliveries (routes, signature), deciding nothing yet:

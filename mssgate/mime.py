@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar, overload
 
 import stringzilla as sz
 
@@ -41,6 +41,8 @@ __all__ = [
     "parse_message",
     "walk",
 ]
+
+_T = TypeVar("_T")
 
 _MAX_DEPTH_CAP = 100
 """Hard cap on nesting, whatever the caller asks: keeps recursion far from Python's limit."""
@@ -71,6 +73,19 @@ class Params(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._dict)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._dict
+
+    @overload
+    def get(self, key: str, /) -> str | None: ...
+
+    @overload
+    def get(self, key: str, /, default: str | _T) -> str | _T: ...
+
+    def get(self, key: str, /, default: object = None) -> object:
+        """The value of ``key``, or ``default`` (Mapping's own runs interpreted when compiled)."""
+        return self._dict.get(key, default)
 
     def __hash__(self) -> int:
         return hash(self._items)
@@ -110,6 +125,34 @@ class Part:
     first_values: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """The first value of each field by lower-case name (built from ``headers``)."""
 
+    def __init__(
+        self,
+        content_type: str,
+        params: Mapping[str, str],
+        disposition: str | None,
+        filename: str | None,
+        transfer_encoding: str,
+        header_start: int,
+        body_start: int,
+        body_end: int,
+        children: tuple[Part, ...],
+        headers: tuple[tuple[str, str], ...],
+        first_values: Mapping[str, str] | None = None,
+    ) -> None:
+        # (Written out: the one dataclasses generates runs interpreted in the compiled build,
+        # ten times slower; tests/test_records.py keeps it the same.)
+        object.__setattr__(self, "content_type", content_type)
+        object.__setattr__(self, "params", params)
+        object.__setattr__(self, "disposition", disposition)
+        object.__setattr__(self, "filename", filename)
+        object.__setattr__(self, "transfer_encoding", transfer_encoding)
+        object.__setattr__(self, "header_start", header_start)
+        object.__setattr__(self, "body_start", body_start)
+        object.__setattr__(self, "body_end", body_end)
+        object.__setattr__(self, "children", children)
+        object.__setattr__(self, "headers", headers)
+        object.__setattr__(self, "first_values", {} if first_values is None else first_values)
+
     def header(self, name: str) -> str | None:
         """First value of this part's header ``name`` (case-insensitive), or None."""
         if self.first_values or not self.headers:
@@ -137,6 +180,22 @@ class ParsedMessage:
     """Decoded body texts already computed, by (body start, body end, as plain text): the
     rules and the signature read the same parts."""
 
+    def __init__(
+        self,
+        raw: bytes,
+        root: Part,
+        line_ending: bytes,
+        defects: tuple[str, ...],
+        raw_headers: tuple[tuple[str, str], ...] = (),
+        texts: dict[tuple[int, int, bool], str] | None = None,
+    ) -> None:
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "root", root)
+        object.__setattr__(self, "line_ending", line_ending)
+        object.__setattr__(self, "defects", defects)
+        object.__setattr__(self, "raw_headers", raw_headers)
+        object.__setattr__(self, "texts", {} if texts is None else texts)
+
     def header(self, name: str) -> str | None:
         """First top-level value of header ``name`` (case-insensitive), or None."""
         return self.root.header(name)
@@ -156,6 +215,10 @@ class ForwardOrigin:
     address: str
     """addr-spec of the origin."""
 
+    def __init__(self, kind: str, address: str) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "address", address)
+
 
 @dataclass(frozen=True, slots=True)
 class SignatureResult:
@@ -167,6 +230,12 @@ class SignatureResult:
     dot_safe: bool = True
     """True when every line of ``message`` that starts with a dot was already such a line of
     the original (what lets the relay skip the dot-stuffing scan)."""
+
+    def __init__(self, message: bytes, added: bool, reason: str, dot_safe: bool = True) -> None:
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "added", added)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "dot_safe", dot_safe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,6 +257,14 @@ class _HeaderScan:
     """End of the last header line (where a new field line is inserted)."""
     body_start: int
     had_blank: bool
+
+    def __init__(
+        self, fields_start: int, fields_end: int, body_start: int, had_blank: bool
+    ) -> None:
+        object.__setattr__(self, "fields_start", fields_start)
+        object.__setattr__(self, "fields_end", fields_end)
+        object.__setattr__(self, "body_start", body_start)
+        object.__setattr__(self, "had_blank", had_blank)
 
 
 class _RawField(NamedTuple):
@@ -1088,6 +1165,11 @@ class _HeaderEnd:
     lines: list[tuple[int, bytes]]
     blank: bool
 
+    def __init__(self, le: bytes, lines: list[tuple[int, bytes]], blank: bool) -> None:
+        self.le = le
+        self.lines = lines
+        self.blank = blank
+
 
 @dataclass(slots=True)
 class _Edits:
@@ -1095,6 +1177,12 @@ class _Edits:
 
     replacements: list[tuple[int, int, bytes]]
     header_ends: dict[int, _HeaderEnd]
+
+    def __init__(
+        self, replacements: list[tuple[int, int, bytes]], header_ends: dict[int, _HeaderEnd]
+    ) -> None:
+        self.replacements = replacements
+        self.header_ends = header_ends
 
     def replace(self, start: int, end: int, data: bytes) -> None:
         self.replacements.append((start, end, data))
@@ -1310,6 +1398,16 @@ class _TextBody:
     codec: str
     raw_le: bytes
     le: bytes
+
+    def __init__(
+        self, cte: str, body: bytes, decoded: bytes, codec: str, raw_le: bytes, le: bytes
+    ) -> None:
+        object.__setattr__(self, "cte", cte)
+        object.__setattr__(self, "body", body)
+        object.__setattr__(self, "decoded", decoded)
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "raw_le", raw_le)
+        object.__setattr__(self, "le", le)
 
 
 def _text_body(msg: ParsedMessage, part: Part) -> _TextBody:

@@ -48,6 +48,23 @@ class Classification:
     suggestion: str | None = None
     """A full address the user probably meant ("did you mean ...?"), when one is known."""
 
+    def __init__(
+        self,
+        address: str,
+        normalized: str,
+        kind: AddressClass,
+        reason: InvalidReason | None = None,
+        suggestion: str | None = None,
+    ) -> None:
+        # (The records of this module write their __init__ out: the one dataclasses
+        # generates runs interpreted in the compiled build, ten times slower;
+        # tests/test_records.py keeps each the same as the generated one.)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "normalized", normalized)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "suggestion", suggestion)
+
     @property
     def in_trust_space(self) -> bool:
         """True for MSSanté professional and patient addresses."""
@@ -66,6 +83,20 @@ class Envelope:
     dot_free: bool = False
     """True when the listener saw that no line of the message starts with a dot: the bytes
     relayed unchanged need no dot-stuffing scan on the way out."""
+
+    def __init__(
+        self,
+        mail_from: str,
+        rcpt_tos: tuple[str, ...],
+        auth_user: str | None = None,
+        mail_options: tuple[str, ...] = (),
+        dot_free: bool = False,
+    ) -> None:
+        object.__setattr__(self, "mail_from", mail_from)
+        object.__setattr__(self, "rcpt_tos", rcpt_tos)
+        object.__setattr__(self, "auth_user", auth_user)
+        object.__setattr__(self, "mail_options", mail_options)
+        object.__setattr__(self, "dot_free", dot_free)
 
     @property
     def smtputf8(self) -> bool:
@@ -99,6 +130,20 @@ class Verdict:
     """The human text, possibly non-ASCII; the server makes it a valid SMTP reply line."""
     addresses: tuple[str, ...] = ()
 
+    def __init__(
+        self,
+        rule: str,
+        smtp_code: int,
+        enhanced_code: str,
+        reply: str,
+        addresses: tuple[str, ...] = (),
+    ) -> None:
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "smtp_code", smtp_code)
+        object.__setattr__(self, "enhanced_code", enhanced_code)
+        object.__setattr__(self, "reply", reply)
+        object.__setattr__(self, "addresses", addresses)
+
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
@@ -110,6 +155,20 @@ class Delivery:
     signature_added: bool = False
     dot_free: bool = False
     """True when no line of ``message`` starts with a dot (no dot-stuffing to do)."""
+
+    def __init__(
+        self,
+        route: Route,
+        recipients: tuple[str, ...],
+        message: bytes,
+        signature_added: bool = False,
+        dot_free: bool = False,
+    ) -> None:
+        object.__setattr__(self, "route", route)
+        object.__setattr__(self, "recipients", recipients)
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "signature_added", signature_added)
+        object.__setattr__(self, "dot_free", dot_free)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +186,28 @@ class Decision:
     recipients: tuple[Classification, ...] = ()
     """The envelope recipients as classified (for the audit trail)."""
     message_id: str | None = None
+
+    def __init__(
+        self,
+        action: Action,
+        smtp_code: int,
+        enhanced_code: str,
+        reply: str,
+        rule: str | None = None,
+        deliveries: tuple[Delivery, ...] = (),
+        notes: tuple[str, ...] = (),
+        recipients: tuple[Classification, ...] = (),
+        message_id: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "action", action)
+        object.__setattr__(self, "smtp_code", smtp_code)
+        object.__setattr__(self, "enhanced_code", enhanced_code)
+        object.__setattr__(self, "reply", reply)
+        object.__setattr__(self, "rule", rule)
+        object.__setattr__(self, "deliveries", deliveries)
+        object.__setattr__(self, "notes", notes)
+        object.__setattr__(self, "recipients", recipients)
+        object.__setattr__(self, "message_id", message_id)
 
     @property
     def signature_added(self) -> bool:

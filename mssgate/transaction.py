@@ -37,6 +37,27 @@ class Transaction:
     all_recipients: tuple[Classification, ...] = ()
     """Envelope and visible header recipients, each address once."""
 
+    def __init__(
+        self,
+        envelope: Envelope,
+        sender: Classification | None,
+        header_from: tuple[Classification, ...],
+        recipients: tuple[Classification, ...],
+        visible: tuple[Classification, ...],
+        message: ParsedMessage | None,
+        senders: tuple[Classification, ...] = (),
+        all_recipients: tuple[Classification, ...] = (),
+    ) -> None:
+        # (Written out: see mssgate.model.)
+        object.__setattr__(self, "envelope", envelope)
+        object.__setattr__(self, "sender", sender)
+        object.__setattr__(self, "header_from", header_from)
+        object.__setattr__(self, "recipients", recipients)
+        object.__setattr__(self, "visible", visible)
+        object.__setattr__(self, "message", message)
+        object.__setattr__(self, "senders", senders)
+        object.__setattr__(self, "all_recipients", all_recipients)
+
 
 def build_transaction(
     policy: Policy, envelope: Envelope, message: ParsedMessage | None = None
