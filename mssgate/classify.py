@@ -60,6 +60,11 @@ class DomainSets:
     lookalike_exceptions: frozenset[str] = frozenset()
     """Ordinary domains IT declares are NOT lookalikes (e.g. a real ``masante.fr``)."""
 
+    def __hash__(self) -> int:
+        # (The generated one's value, hashed at every classification's cache lookup: the
+        # generated method runs interpreted in the compiled build.)
+        return hash((self.extra_mssante, self.national, self.lookalike_exceptions))
+
 
 # --------------------------------------------------------------------------------------------
 # Syntax

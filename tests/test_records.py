@@ -110,3 +110,12 @@ def test_params_get_and_in_as_a_mapping() -> None:
     assert params.get("boundary", "") == ""
     assert "format" in params and "name" not in params and 3 not in params
     assert dict(params) == {"charset": "utf-8", "format": "flowed"}
+
+
+def test_domain_sets_hash_as_generated() -> None:
+    from mssgate.classify import DomainSets
+
+    sets = DomainSets(frozenset({"a.mssante.fr"}), None, frozenset({"masante.fr"}))
+    fields = tuple(getattr(sets, f.name) for f in dataclasses.fields(DomainSets))
+    assert hash(sets) == hash(fields)
+    assert sets == DomainSets(frozenset({"a.mssante.fr"}), None, frozenset({"masante.fr"}))
