@@ -13,6 +13,7 @@ from setuptools import setup
 
 COMPILED = [
     "mssgate/model.py",
+    "mssgate/commands.py",
     "mssgate/classify.py",
     "mssgate/policy.py",
     "mssgate/mime.py",

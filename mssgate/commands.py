@@ -42,6 +42,13 @@ class EnvelopeCommand:
     size: int | None
     """``SIZE=`` of a MAIL FROM, when given."""
 
+    def __init__(self, verb: str, address: str, options: tuple[str, ...], size: int | None) -> None:
+        # (Written out: see mssgate.model.)
+        object.__setattr__(self, "verb", verb)
+        object.__setattr__(self, "address", address)
+        object.__setattr__(self, "options", options)
+        object.__setattr__(self, "size", size)
+
 
 def envelope_command(line: bytes, local_part_limit: int = 0) -> EnvelopeCommand | None:
     """``line`` (one command line with its CRLF) as an :class:`EnvelopeCommand`, or None

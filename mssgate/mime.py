@@ -124,6 +124,10 @@ class Part:
     """Header fields: name as written, value unfolded and RFC 2047 decoded."""
     first_values: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """The first value of each field by lower-case name (built from ``headers``)."""
+    fields_start: int = field(default=-1, compare=False, repr=False)
+    """Where the header fields start (after a top-level mbox ``From `` line); -1: unknown."""
+    fields_end: int = field(default=-1, compare=False, repr=False)
+    """Where the last header line ends (a field added goes there); -1: unknown."""
 
     def __init__(
         self,
@@ -138,6 +142,8 @@ class Part:
         children: tuple[Part, ...],
         headers: tuple[tuple[str, str], ...],
         first_values: Mapping[str, str] | None = None,
+        fields_start: int = -1,
+        fields_end: int = -1,
     ) -> None:
         # (Written out: the one dataclasses generates runs interpreted in the compiled build,
         # ten times slower; tests/test_records.py keeps it the same.)
@@ -152,6 +158,8 @@ class Part:
         object.__setattr__(self, "children", children)
         object.__setattr__(self, "headers", headers)
         object.__setattr__(self, "first_values", {} if first_values is None else first_values)
+        object.__setattr__(self, "fields_start", fields_start)
+        object.__setattr__(self, "fields_end", fields_end)
 
     def header(self, name: str) -> str | None:
         """First value of this part's header ``name`` (case-insensitive), or None."""
@@ -652,6 +660,8 @@ def _parse_entity(
         children=children,
         headers=head.headers,
         first_values=head.first_values,
+        fields_start=scan.fields_start,
+        fields_end=scan.fields_end,
     )
 
 
@@ -1189,7 +1199,16 @@ class _Edits:
 
     def header_end(self, raw: bytes, part: Part, le: bytes) -> tuple[_HeaderScan, _HeaderEnd]:
         """The insertion point at the end of ``part``'s header block."""
-        scan = _scan_header(raw, part.header_start, part.body_start, part.header_start == 0)
+        if part.fields_end >= 0:
+            # (As the parser found it: the blank line, if any, is between it and the body.)
+            scan = _HeaderScan(
+                part.fields_start,
+                part.fields_end,
+                part.body_start,
+                part.body_start > part.fields_end,
+            )
+        else:
+            scan = _scan_header(raw, part.header_start, part.body_start, part.header_start == 0)
         end = self.header_ends.get(scan.fields_end)
         if end is None:
             end = self.header_ends[scan.fields_end] = _HeaderEnd(le, [], not scan.had_blank)

@@ -277,3 +277,25 @@ def test_seeds_include_the_real_corpus() -> None:
     """The mutation fuzzer starts from the real-world corpus when it is there."""
     files = [p for p in corpus_files() if p.stat().st_size < 200_000]
     assert len(_seeds()) >= len(files) + 10
+
+
+def _bounds_as_rescanned(raw: bytes) -> None:
+    from mssgate.mime import _scan_header, parse_message, walk
+
+    for part in walk(parse_message(raw).root):
+        scan = _scan_header(raw, part.header_start, part.body_start, part.header_start == 0)
+        assert (part.fields_start, part.fields_end) == (scan.fields_start, scan.fields_end)
+        assert (part.body_start > part.fields_end) == scan.had_blank
+
+
+def test_kept_header_bounds_are_a_rescans_on_the_corpus() -> None:
+    """The signature inserts fields where the parser found the header block to end (kept
+    in each part, not scanned again): the same place a new scan of the part finds."""
+    for path in corpus_files():
+        _bounds_as_rescanned(path.read_bytes())
+
+
+@FUZZ
+@given(raw=mutated())
+def test_kept_header_bounds_are_a_rescans_on_mutated_messages(raw: bytes) -> None:
+    _bounds_as_rescanned(raw)

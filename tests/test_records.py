@@ -13,7 +13,13 @@ import pytest
 
 from mssgate.mime import Params
 
-CORE_MODULES = ("mssgate.model", "mssgate.mime", "mssgate.transaction", "mssgate.decide")
+CORE_MODULES = (
+    "mssgate.model",
+    "mssgate.mime",
+    "mssgate.transaction",
+    "mssgate.decide",
+    "mssgate.commands",
+)
 
 
 def _records() -> list[type]:
