@@ -99,6 +99,9 @@ class Observers:
 REPORT_HOLD = 0.01
 """Seconds a report may wait for a moment when the gateway has nothing else to do."""
 
+_TIMER_SLACK = 0.001
+"""A timer may fire up to a millisecond early (the loop counts in milliseconds)."""
+
 
 class HeldReports:
     """Observer calls held until the gateway has time for them, then made in order.
@@ -114,6 +117,8 @@ class HeldReports:
         self.hold = hold
         self._calls: list[tuple[Callable[..., None], tuple[object, ...]]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._since = 0.0
+        """The loop's time when the oldest call held was added."""
         self._queued = False
 
     def __len__(self) -> int:
@@ -121,9 +126,15 @@ class HeldReports:
 
     def add(self, call: Callable[..., None], *args: object) -> None:
         """Hold one call (made with ``args``), after those already held."""
+        if not self._calls:
+            loop = asyncio.get_running_loop()
+            self._since = loop.time()
+            if self._timer is None:
+                # One timer for many messages: it stays armed when the calls are made
+                # earlier, and looks again when it fires (not one timer made and cancelled
+                # per message).
+                self._timer = loop.call_at(self._since + self.hold, self._expire)
         self._calls.append((call, args))
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.hold, self.flush)
 
     def soon(self) -> None:
         """Make the held calls as soon as the loop is free (the gateway is about to wait)."""
@@ -131,12 +142,21 @@ class HeldReports:
             self._queued = True
             asyncio.get_running_loop().call_soon(self.flush)
 
+    def _expire(self) -> None:
+        """The timer: the held calls once the oldest waited ``hold`` seconds, else later."""
+        self._timer = None
+        if not self._calls:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._since + self.hold
+        if loop.time() >= due - _TIMER_SLACK:
+            self.flush()
+        else:
+            self._timer = loop.call_at(due, self._expire)
+
     def flush(self) -> None:
         """Make every held call now, in order (a failing one is logged and skipped)."""
         self._queued = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         calls, self._calls = self._calls, []
         for call, args in calls:
             try:

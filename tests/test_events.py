@@ -143,7 +143,22 @@ async def test_held_reports_are_made_after_the_hold_at_most() -> None:
     held.flush()  # (shutdown: at once)
     assert made == [1, 2]
     await asyncio.sleep(0.05)
-    assert made == [1, 2]  # the timer was cancelled by the flush
+    assert made == [1, 2]  # (the timer, still armed, found nothing to make)
+
+
+async def test_one_timer_serves_many_messages_and_each_call_keeps_its_bound() -> None:
+    made: list[int] = []
+    held = HeldReports(hold=0.2)
+    held.add(made.append, 1)
+    timer = held._timer
+    held.flush()  # (the upstream wait came first)
+    await asyncio.sleep(0.1)
+    held.add(made.append, 2)
+    assert held._timer is timer  # not a timer made and cancelled per message
+    await asyncio.sleep(0.15)  # (the timer fired at 0.2 s: too early for the call of 0.1 s)
+    assert made == [1]
+    await asyncio.sleep(0.2)
+    assert made == [1, 2]
 
 
 async def _reply(reader: asyncio.StreamReader) -> bytes:
