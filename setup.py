@@ -1,6 +1,7 @@
 """Packaging hook: with ``MSSGATE_COMPILE=1`` in the environment, the pure core (address
-classification, policy, MIME, decision, DATA reader) is compiled to C extensions with mypyc,
-from the very sources mypy checks; a C compiler and the Python headers are then needed.
+classification, policy, MIME, decision, envelope commands, DATA reader) is compiled to C
+extensions with mypyc, from the very sources mypy checks; a C compiler and the Python headers
+are then needed.
 Otherwise (the default, and always for editable installs) mssgate installs as plain Python.
 Both builds behave the same: the test suite runs on each (scripts/test.sh)."""
 
