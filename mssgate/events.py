@@ -117,6 +117,7 @@ class HeldReports:
         self.hold = hold
         self._calls: list[tuple[Callable[..., None], tuple[object, ...]]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._since = 0.0
         """The loop's time when the oldest call held was added."""
         self._queued = False
@@ -129,11 +130,12 @@ class HeldReports:
         if not self._calls:
             loop = asyncio.get_running_loop()
             self._since = loop.time()
-            if self._timer is None:
+            if self._timer is None or self._timer_loop is not loop:
                 # One timer for many messages: it stays armed when the calls are made
                 # earlier, and looks again when it fires (not one timer made and cancelled
-                # per message).
+                # per message). (A timer left on a loop that has since stopped is not one.)
                 self._timer = loop.call_at(self._since + self.hold, self._expire)
+                self._timer_loop = loop
         self._calls.append((call, args))
 
     def soon(self) -> None:

@@ -146,6 +146,21 @@ async def test_held_reports_are_made_after_the_hold_at_most() -> None:
     assert made == [1, 2]  # (the timer, still armed, found nothing to make)
 
 
+def test_held_reports_keep_their_bound_on_a_new_loop() -> None:
+    made: list[int] = []
+    held = HeldReports(hold=0.02)
+
+    async def hold_one(value: int, wait: float) -> None:
+        held.add(made.append, value)
+        await asyncio.sleep(wait)
+
+    asyncio.run(hold_one(1, 0.0))  # (the loop stops with its timer still armed)
+    assert made == []
+    held.flush()
+    asyncio.run(hold_one(2, 0.2))
+    assert made == [1, 2]
+
+
 async def test_one_timer_serves_many_messages_and_each_call_keeps_its_bound() -> None:
     made: list[int] = []
     held = HeldReports(hold=0.2)
